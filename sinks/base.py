@@ -1,0 +1,143 @@
+"""What every sink is: a settings model, a way to deliver, and a connection check.
+
+Two shapes, after Vector and quix-streams: `PerAlertSink.send()` delivers one alert;
+`BatchingSink.write()` delivers one batch of alerts for one integration. Neither waits or
+retries: they raise `RetryableError` / `PermanentError` and the shared policy decides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, SecretStr
+
+from schemas.models import Delivery, IntegrationConfig
+
+__all__ = [
+    "Batch",
+    "BatchLimits",
+    "BatchingSink",
+    "PerAlertSink",
+    "Sink",
+    "collect_secrets",
+    "test_delivery",
+]
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def collect_secrets(value: Any) -> list[str]:
+    """Every SecretStr inside a settings model: what the redactor must hide."""
+    found: list[str] = []
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        if secret:
+            found.append(secret)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found.extend(collect_secrets(getattr(value, name)))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found.extend(collect_secrets(item))
+    elif isinstance(value, dict):
+        for item in value.values():
+            found.extend(collect_secrets(item))
+    return found
+
+
+class Sink(ABC, Generic[S]):
+    """Shared by both shapes: settings parsing, secrets, check, shutdown."""
+
+    type_name: ClassVar[str]
+    kind: ClassVar[Literal["per_alert", "batching"]]
+    settings_model: type[S]
+
+    def parse_settings(self, integration: IntegrationConfig) -> S:
+        return self.settings_model.model_validate(integration.settings)
+
+    def secrets(self, settings: S) -> list[str]:
+        return collect_secrets(settings)
+
+    @abstractmethod
+    async def check(self, integration: IntegrationConfig, settings: S) -> str:
+        """Prove the destination accepts us; return a short detail for the user."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients; called once at shutdown."""
+
+
+class PerAlertSink(Sink[S]):
+    kind = "per_alert"
+
+    @abstractmethod
+    async def send(self, delivery: Delivery, settings: S) -> int | None:
+        """Deliver one alert; return the destination's HTTP status when there is one."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_events: int = 10_000
+    max_bytes: int = 8 * 1024 * 1024
+    max_age: float = 30.0
+
+
+@dataclass
+class Batch:
+    """Alerts of one integration that came from one partition of the alerts topic.
+
+    `topic`, `partition`, `first_offset` and `last_offset` locate the alerts in the
+    source topic, not in the delivery topic: they stay the same on a re-delivery and on
+    a replay, so they can name the object deterministically. `day` is the UTC date of
+    the first alert's Kafka timestamp, for the same reason.
+    """
+
+    integration: IntegrationConfig
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    day: dt.date
+    records: list[Delivery]
+    size_bytes: int
+
+
+class BatchingSink(Sink[S]):
+    kind = "batching"
+    limits: BatchLimits = BatchLimits()
+
+    @abstractmethod
+    async def write(self, batch: Batch, settings: S) -> int | None:
+        """Deliver the whole batch or raise; must be safe to repeat for the same batch."""
+
+
+def test_delivery(integration: IntegrationConfig) -> Delivery:
+    """A clearly labelled alert for Test connection, sent through the real delivery path."""
+    import time
+    import uuid
+
+    from schemas.models import Alert, EventType, RiskLevel, idempotency_key
+
+    alert_id = f"alertrelay-test-{uuid.uuid4().hex[:12]}"
+    alert = Alert(
+        alert_id=alert_id,
+        tenant_id=integration.tenant_id,
+        event_type=EventType.CLIENT_SIDE_RISK,
+        risk_level=RiskLevel.LOW,
+        title="[TEST] alertrelay connection test - no action needed",
+        description=f"This test message checks the '{integration.name}' integration.",
+        detected_at=dt.datetime.now(dt.UTC),
+        details={"test": "true"},
+    )
+    return Delivery(
+        alert=alert,
+        integration=integration,
+        config_version=integration.version or 0,
+        idempotency_key=idempotency_key(alert_id, integration.integration_id),
+        source_topic="alertrelay-test",
+        source_partition=0,
+        source_offset=0,
+        routed_at=time.time(),
+    )

@@ -1,0 +1,137 @@
+"""The router: every alert to each matching integration of its tenant, one record each."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.types import EventT, StreamT, TableT
+
+from schemas.codec import DecodeError, decode_alert
+from schemas.models import DeadLetter, idempotency_key
+from streams import metrics
+from streams.delivery import Reporter
+from streams.topics import Topics
+
+__all__ = ["make_router", "matching", "tenant_partition"]
+
+SOURCE_HEADER = "x-alertrelay-source"
+
+log = logging.getLogger(__name__)
+
+
+def tenant_partition(tenant_id: str, partitions: int) -> int:
+    """Where Kafka's default (murmur2) partitioner puts a tenant: where its configs live."""
+    return (murmur2(tenant_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def _header_items(headers: Any) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def _source_of(msg: Any) -> tuple[str, int, int] | None:
+    """The original location of an alert that took the by-tenant detour."""
+    for name, value in _header_items(msg.headers):
+        if name == SOURCE_HEADER and value:
+            topic, _, rest = value.decode().rpartition("/")
+            topic, _, partition = topic.rpartition("/")
+            return topic, int(partition), int(rest)
+    return None
+
+
+def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> list[dict[str, Any]]:
+    """Configs (as stored) of enabled integrations whose filters let this alert through."""
+    from schemas.models import RISK_ORDER, RiskLevel
+
+    if not entries:
+        return []
+    level = RISK_ORDER[RiskLevel(risk)]
+    out = []
+    for entry in entries.values():
+        config = entry["config"]
+        if (
+            config is not None
+            and config["enabled"]
+            and alert_event in config["event_types"]
+            and RISK_ORDER[RiskLevel(config["min_risk_level"])] <= level
+        ):
+            out.append(config)
+    return out
+
+
+def make_router(
+    topics: Topics, table: TableT, reporter: Reporter, partitions: int, known_types: set[str]
+) -> Any:
+    async def dead(event: EventT, reason: str) -> None:
+        msg = event.message
+        metrics.ALERTS.labels("invalid").inc()
+        metrics.DLQ.labels("-", "decode").inc()
+        log.warning("undecodable alert at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset,
+                    reason)
+        await reporter.dead_letter(
+            DeadLetter(
+                reason=reason, stage="decode", source_topic=msg.topic,
+                source_partition=msg.partition, source_offset=msg.offset, at=time.time(),
+                payload_b64=base64.b64encode((msg.value or b"")[: 64 * 1024]).decode() or None,
+            )
+        )
+
+    async def route(stream: StreamT[Any]) -> None:
+        async for event in stream.events():
+            msg = event.message
+            try:
+                alert = decode_alert(msg.value, msg.headers)
+            except DecodeError as exc:
+                await dead(event, str(exc))
+                continue
+            home = tenant_partition(alert.tenant_id, partitions)
+            source = _source_of(msg)
+            if msg.partition != home and source is None:
+                # Produced with another partitioner: send it to where its configs are,
+                # remembering where it came from (that, not the detour, names it).
+                headers = [*_header_items(msg.headers),
+                           (SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+                topics.alerts_by_tenant.send_soon(
+                    key=alert.tenant_id.encode(), value=msg.value, partition=home,
+                    headers=headers, timestamp=msg.timestamp, force=True,
+                )
+                continue
+            src_topic, src_partition, src_offset = source or (msg.topic, msg.partition, msg.offset)
+            configs = matching(table.get(alert.tenant_id), alert.event_type, alert.risk_level)
+            if not configs:
+                known = table.get(alert.tenant_id) is not None
+                metrics.ALERTS.labels("no_match" if known else "unknown_tenant").inc()
+                continue
+            metrics.ALERTS.labels("routed").inc()
+            wire = alert.wire()
+            now = time.time()
+            for config in configs:
+                kind = config["type"]
+                if kind not in known_types:  # a type this build cannot deliver
+                    continue
+                record = {
+                    "alert": wire,
+                    "integration": config,
+                    "config_version": config["version"],
+                    "idempotency_key": idempotency_key(alert.alert_id, config["integration_id"]),
+                    "source_topic": src_topic,
+                    "source_partition": src_partition,
+                    "source_offset": src_offset,
+                    "routed_at": now,
+                    "produced_at": msg.timestamp,
+                }
+                topics.delivery[kind].send_soon(
+                    key=f"{alert.tenant_id}/{config['integration_id']}".encode(),
+                    value=orjson.dumps(record),
+                    force=True,
+                )
+                metrics.ROUTED.labels(kind).inc()
+
+    return route
+

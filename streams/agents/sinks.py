@@ -1,0 +1,130 @@
+"""Sink agents: one per integration type, consuming that type's delivery topic.
+
+Both shapes take events without auto-ack (`noack_take`) and ack each one only once its
+alert was delivered or dead-lettered, so a crash at any point re-reads it (DESIGN.md:
+`take` would ack a whole batch on return, `concurrency > 1` commits past in-flight work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from faust.types import TP, EventT, StreamT
+from pydantic import ValidationError
+
+from schemas.codec import format_errors
+from schemas.models import DeadLetter, Delivery
+from sinks.base import BatchingSink, PerAlertSink
+from streams import metrics
+from streams.batcher import Batcher, Pending
+from streams.delivery import BatchRunner, DeliveryRunner, Reporter, dead_letter_for
+from streams.settings import Settings
+
+__all__ = ["BatchingAgent", "make_per_alert_agent"]
+
+log = logging.getLogger(__name__)
+
+
+async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | None:
+    """A delivery record, or None after dead-lettering one that cannot be read."""
+    msg = event.message
+    try:
+        return Delivery.model_validate_json(msg.value or b"")
+    except ValidationError as exc:
+        reason = f"unreadable delivery record: {format_errors(exc)}"
+    metrics.DLQ.labels(kind, "deliver").inc()
+    await reporter.dead_letter(
+        DeadLetter(
+            reason=reason, stage="deliver", source_topic=msg.topic,
+            source_partition=msg.partition, source_offset=msg.offset, at=time.time(),
+            integration_type=kind,
+            payload_b64=base64.b64encode((msg.value or b"")[: 64 * 1024]).decode() or None,
+        )
+    )
+    return None
+
+
+def make_per_alert_agent(
+    sink: PerAlertSink[Any], settings: Settings, reporter: Reporter
+) -> Any:
+    runner = DeliveryRunner(sink, settings.retry, reporter, settings.per_integration_concurrency)
+    kind = sink.type_name
+
+    async def deliver_one(delivery: Delivery) -> None:
+        try:
+            await runner.deliver(delivery)
+        except Exception as exc:  # a bug must still end the alert somewhere visible
+            log.exception("internal error delivering %s", delivery.alert.alert_id)
+            await reporter.dead_letter(
+                dead_letter_for(delivery, f"internal error: {type(exc).__name__}", 0)
+            )
+
+    async def agent(stream: StreamT[Any]) -> None:
+        async for events in stream.noack_take(settings.take_max, within=settings.take_within):
+            batch = [await _parse(e, reporter, kind) for e in events]
+            # A taken batch is delivered concurrently, then acked: concurrency without
+            # committing past an alert still in flight.
+            await asyncio.gather(*(deliver_one(d) for d in batch if d is not None))
+            for event in events:
+                event.ack()
+
+    return agent
+
+
+class BatchingAgent:
+    """Buffers deliveries per integration and writes them when a limit is reached."""
+
+    def __init__(self, sink: BatchingSink[Any], settings: Settings, reporter: Reporter) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.reporter = reporter
+        self.batcher = Batcher(sink.limits)
+        self.runner = BatchRunner(sink, settings.retry, reporter)
+        self.topic_name = settings.delivery_topic(sink.type_name)
+
+    async def agent(self, stream: StreamT[Any]) -> None:
+        settings = self.settings
+        async for events in stream.noack_take(settings.take_max, within=settings.take_within):
+            ready: list[Pending] = []
+            for event in events:
+                delivery = await _parse(event, self.reporter, self.sink.type_name)
+                if delivery is None:
+                    event.ack()
+                    continue
+                size = len(event.message.value or b"")
+                pending = self.batcher.add(delivery, event, event.message.partition, size)
+                if pending is not None:
+                    ready.append(pending)
+            ready.extend(self.batcher.due())
+            await self.flush(ready)
+
+    async def tick(self) -> None:
+        """Timer: write batches whose time limit passed although no new record came."""
+        await self.flush(self.batcher.due())
+
+    async def flush(self, ready: list[Pending]) -> None:
+        if ready:
+            await asyncio.gather(*(self._write(p) for p in ready))
+
+    async def _write(self, pending: Pending) -> None:
+        try:
+            await self.runner.write(pending.batch)
+        except Exception as exc:  # a bug must still end the batch somewhere visible
+            log.exception("internal error writing a batch for %s", pending.batch.integration.key)
+            for delivery in pending.batch.records:
+                await self.reporter.dead_letter(
+                    dead_letter_for(delivery, f"internal error: {type(exc).__name__}", 0)
+                )
+        for event in pending.acks:
+            event.ack()
+
+    def on_revoked(self, revoked: Iterable[TP]) -> None:
+        mine = [tp.partition for tp in revoked if tp.topic == self.topic_name]
+        if mine:
+            dropped = self.batcher.drop_partitions(mine)
+            log.info("dropped %d %s buffers of revoked partitions", dropped, self.sink.type_name)

@@ -1,0 +1,40 @@
+"""The faust App, and nothing else: agents register themselves on it in `streams.pipeline`."""
+
+from __future__ import annotations
+
+import faust
+
+from streams.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def _broker_urls(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+def create_app(settings: Settings, partitions: int) -> faust.App:
+    """One worker process's App; `partitions` is what the alerts topic really has."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.app_id,
+        broker=_broker_urls(settings.bootstrap_servers),
+        store="memory://",
+        datadir=str(settings.data_dir / settings.app_id),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        stream_wait_empty=False,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        autodiscover=False,
+        # The config table's changelog uses these; every topic of ours says "raw" itself.
+        key_serializer="json",
+        value_serializer="json",
+    )

@@ -1,0 +1,276 @@
+"""Runs sinks under the retry policy and ends every delivery as delivered or dead-lettered.
+
+Nothing here knows faust: the agents hand in a `Reporter` that writes status and DLQ
+records, so this logic is unit-tested without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from schemas.codec import format_errors
+from schemas.models import DeadLetter, Delivery, DeliveryStatus, Outcome
+from sinks.base import Batch, BatchingSink, PerAlertSink
+from sinks.errors import DeliveryError, PermanentError, RetryableError
+from sinks.http import Redactor
+from sinks.retry import RetryPolicy
+from streams import metrics
+
+__all__ = ["BatchRunner", "DeliveryRunner", "Reporter", "dead_letter_for"]
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """Where attempt outcomes go (the status topic and the DLQ in production)."""
+
+    async def status(self, record: DeliveryStatus) -> None: ...
+
+    async def dead_letter(self, record: DeadLetter) -> None: ...
+
+
+def dead_letter_for(delivery: Delivery, reason: str, attempts: int) -> DeadLetter:
+    """A DLQ record that names the alert and integration but carries no settings."""
+    return DeadLetter(
+        reason=reason,
+        stage="deliver",
+        source_topic=delivery.source_topic,
+        source_partition=delivery.source_partition,
+        source_offset=delivery.source_offset,
+        at=time.time(),
+        tenant_id=delivery.integration.tenant_id,
+        integration_id=delivery.integration.integration_id,
+        integration_type=delivery.integration.type,
+        alert_id=delivery.alert.alert_id,
+        idempotency_key=delivery.idempotency_key,
+        attempts=attempts,
+        alert=delivery.alert,
+    )
+
+
+def _status(
+    delivery: Delivery,
+    attempt: int,
+    outcome: Outcome,
+    latency: float,
+    http_status: int | None = None,
+    error: str | None = None,
+) -> DeliveryStatus:
+    return DeliveryStatus(
+        alert_id=delivery.alert.alert_id,
+        tenant_id=delivery.integration.tenant_id,
+        integration_id=delivery.integration.integration_id,
+        integration_type=delivery.integration.type,
+        idempotency_key=delivery.idempotency_key,
+        attempt=attempt,
+        outcome=outcome,
+        http_status=http_status,
+        latency_ms=round(latency * 1000, 3),
+        error=error,
+        at=time.time(),
+    )
+
+
+def _as_delivery_error(exc: BaseException, redact: Redactor) -> DeliveryError:
+    """Anything a sink raises becomes a classified, redacted error.
+
+    An unexpected exception is a bug or an unforeseen answer: retrying is the safe
+    choice (the alert ends in the DLQ if it keeps happening), never dropping it.
+    """
+    if isinstance(exc, DeliveryError):
+        exc.message = redact(exc.message)
+        return exc
+    return RetryableError(redact(f"unexpected {type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class _Prepared:
+    settings: BaseModel
+    redact: Redactor
+
+
+class _SettingsCache:
+    """Parsed settings per (integration, config version): parsing is not per alert."""
+
+    def __init__(self, parse: Callable[[Delivery], BaseModel], secrets: Callable[[Any], list[str]]):
+        self._parse = parse
+        self._secrets = secrets
+        self._cache: dict[tuple[str, int], _Prepared] = {}
+
+    def get(self, delivery: Delivery) -> _Prepared:
+        key = (delivery.integration.key, delivery.config_version)
+        prepared = self._cache.get(key)
+        if prepared is None:
+            settings = self._parse(delivery)
+            prepared = _Prepared(settings, Redactor(self._secrets(settings)))
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = prepared
+        return prepared
+
+
+async def _with_retry(
+    policy: RetryPolicy,
+    attempt_fn: Callable[[int], Awaitable[int | None]],
+    on_attempt: Callable[[int, float, int | None, DeliveryError | None, bool], Awaitable[None]],
+    redact: Redactor,
+) -> tuple[DeliveryError | None, int]:
+    """Attempt until success or the policy gives up: (final error or None, attempts made)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        started = time.monotonic()
+        try:
+            status = await attempt_fn(attempt)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a sink must never lose an alert
+            error = _as_delivery_error(exc, redact)
+            delay = policy.delay(attempt, error)
+            await on_attempt(attempt, time.monotonic() - started, error.status, error, delay is None)
+            if delay is None:
+                return error, attempt
+            await asyncio.sleep(delay)
+        else:
+            await on_attempt(attempt, time.monotonic() - started, status, None, True)
+            return None, attempt
+
+
+class DeliveryRunner:
+    """Delivers one alert at a time through a per-alert sink, concurrency bounded per integration."""
+
+    def __init__(
+        self,
+        sink: PerAlertSink[Any],
+        policy: RetryPolicy,
+        reporter: Reporter,
+        per_integration_concurrency: int = 4,
+    ) -> None:
+        self.sink = sink
+        self.policy = policy
+        self.reporter = reporter
+        self._limit = per_integration_concurrency
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._settings = _SettingsCache(
+            lambda d: sink.parse_settings(d.integration), sink.secrets
+        )
+
+    def _gate(self, integration_key: str) -> asyncio.Semaphore:
+        gate = self._gates.get(integration_key)
+        if gate is None:
+            gate = self._gates[integration_key] = asyncio.Semaphore(self._limit)
+        return gate
+
+    async def deliver_many(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self.deliver(d) for d in deliveries)))
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        kind = delivery.integration.type
+        try:
+            prepared = self._settings.get(delivery)
+        except ValidationError as exc:
+            reason = f"invalid {kind} settings: {format_errors(exc)}"
+            await self._dead(delivery, reason, 0)
+            return Outcome.DEAD_LETTERED
+        sink, settings = self.sink, prepared.settings
+
+        async def attempt(_n: int) -> int | None:
+            async with self._gate(delivery.integration.key):
+                return await sink.send(delivery, settings)
+
+        async def on_attempt(
+            n: int, latency: float, status: int | None, err: DeliveryError | None, final: bool
+        ) -> None:
+            outcome = (
+                Outcome.DELIVERED
+                if err is None
+                else (Outcome.DEAD_LETTERED if final else Outcome.RETRYING)
+            )
+            metrics.record_attempt(kind, outcome.value, latency)
+            if err is None and delivery.produced_at:
+                metrics.END_TO_END.labels(kind).observe(max(0.0, time.time() - delivery.produced_at))
+            await self.reporter.status(
+                _status(delivery, n, outcome, latency, status, err.message if err else None)
+            )
+
+        error, attempts = await _with_retry(self.policy, attempt, on_attempt, prepared.redact)
+        if error is None:
+            return Outcome.DELIVERED
+        await self._dead(delivery, error.message, attempts)
+        return Outcome.DEAD_LETTERED
+
+    async def _dead(self, delivery: Delivery, reason: str, attempts: int) -> None:
+        metrics.DLQ.labels(delivery.integration.type, "deliver").inc()
+        log.warning(
+            "dead-lettered alert %s for %s: %s",
+            delivery.alert.alert_id,
+            delivery.integration.key,
+            reason,
+        )
+        await self.reporter.dead_letter(dead_letter_for(delivery, reason, attempts))
+
+
+class BatchRunner:
+    """Writes one batch through a batching sink under the retry policy."""
+
+    def __init__(self, sink: BatchingSink[Any], policy: RetryPolicy, reporter: Reporter) -> None:
+        self.sink = sink
+        self.policy = policy
+        self.reporter = reporter
+        self._settings = _SettingsCache(
+            lambda d: sink.parse_settings(d.integration), sink.secrets
+        )
+
+    async def write(self, batch: Batch) -> Outcome:
+        kind = batch.integration.type
+        head = max(batch.records, key=lambda d: d.config_version)  # newest config snapshot
+        attempts = 0
+        try:
+            prepared = self._settings.get(head)
+        except ValidationError as exc:
+            error: DeliveryError | None = PermanentError(
+                f"invalid {kind} settings: {format_errors(exc)}"
+            )
+        else:
+            sink, settings = self.sink, prepared.settings
+
+            async def attempt(_n: int) -> int | None:
+                return await sink.write(batch, settings)
+
+            async def on_attempt(
+                n: int, latency: float, status: int | None, err: DeliveryError | None, final: bool
+            ) -> None:
+                outcome = (
+                    Outcome.DELIVERED
+                    if err is None
+                    else (Outcome.DEAD_LETTERED if final else Outcome.RETRYING)
+                )
+                metrics.record_attempt(kind, outcome.value, latency, count=len(batch.records))
+                now = time.time()
+                for delivery in batch.records:
+                    if err is None and delivery.produced_at:
+                        metrics.END_TO_END.labels(kind).observe(max(0.0, now - delivery.produced_at))
+                    await self.reporter.status(
+                        _status(delivery, n, outcome, latency, status, err.message if err else None)
+                    )
+
+            error, attempts = await _with_retry(self.policy, attempt, on_attempt, prepared.redact)
+        if error is None:
+            return Outcome.DELIVERED
+        for delivery in batch.records:
+            metrics.DLQ.labels(kind, "deliver").inc()
+            await self.reporter.dead_letter(dead_letter_for(delivery, error.message, attempts))
+        log.warning(
+            "dead-lettered a batch of %d for %s: %s",
+            len(batch.records),
+            batch.integration.key,
+            error.message,
+        )
+        return Outcome.DEAD_LETTERED

@@ -1,0 +1,73 @@
+"""Prometheus metrics of the worker (served at GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "ALERTS",
+    "CONFIGS",
+    "DELIVERIES",
+    "DELIVERY_LATENCY",
+    "DLQ",
+    "END_TO_END",
+    "REGISTRY",
+    "ROUTED",
+    "record_attempt",
+    "render",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+ALERTS = Counter(
+    "alertrelay_alerts_consumed",
+    "Alerts read from the alerts topic, by result (routed, no_match, unknown_tenant, invalid)",
+    ["result"],
+    registry=REGISTRY,
+)
+ROUTED = Counter(
+    "alertrelay_deliveries_routed",
+    "Delivery records the router produced, by integration type",
+    ["type"],
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "alertrelay_delivery_attempts",
+    "Delivery attempts by integration type and outcome (delivered, retrying, dead_lettered)",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
+DELIVERY_LATENCY = Histogram(
+    "alertrelay_delivery_attempt_seconds",
+    "Time one delivery attempt (or batch write) took",
+    ["type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+END_TO_END = Histogram(
+    "alertrelay_end_to_end_seconds",
+    "From the alert's Kafka timestamp to its successful delivery",
+    ["type"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+DLQ = Counter(
+    "alertrelay_dead_letters",
+    "Records written to the DLQ, by integration type (or '-') and stage",
+    ["type", "stage"],
+    registry=REGISTRY,
+)
+CONFIGS = Gauge(
+    "alertrelay_integrations",
+    "Integrations known to this worker (enabled or not)",
+    registry=REGISTRY,
+)
+
+
+def record_attempt(kind: str, outcome: str, seconds: float, count: int = 1) -> None:
+    DELIVERIES.labels(kind, outcome).inc(count)
+    DELIVERY_LATENCY.labels(kind).observe(seconds)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

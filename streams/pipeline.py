@@ -1,0 +1,71 @@
+"""Wires one worker: topics, the config table, and every agent, on a fresh faust App."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TableT
+
+from sinks.base import BatchingSink, PerAlertSink, Sink
+from sinks.registry import SinkContext, build_sinks
+from streams.agents.config import make_config_agents
+from streams.agents.router import make_router
+from streams.agents.sinks import BatchingAgent, make_per_alert_agent
+from streams.api.views import register_views
+from streams.app import create_app
+from streams.reporter import KafkaReporter
+from streams.settings import Settings
+from streams.tables import declare_config_table
+from streams.topics import Topics
+
+__all__ = ["Pipeline", "build_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    app: faust.App
+    topics: Topics
+    table: TableT
+    sinks: dict[str, Sink[Any]]
+
+
+def build_pipeline(settings: Settings, partitions: int) -> Pipeline:
+    app = create_app(settings, partitions)
+    ctx = SinkContext.from_env(settings.batch_limits)
+    sinks = build_sinks(ctx)
+    topics = Topics.declare(app, settings, partitions, sorted(sinks))
+    table = declare_config_table(app, partitions)
+    reporter = KafkaReporter(topics.status, topics.dlq)
+
+    intake, apply = make_config_agents(topics, table, reporter)
+    app.agent(topics.integrations, name="config-intake")(intake)
+    app.agent(topics.configs_by_tenant, name="config-apply")(apply)
+    app.agent(topics.alerts, name="router")(
+        make_router(topics, table, reporter, partitions, set(sinks))
+    )
+
+    batching: list[BatchingAgent] = []
+    for kind, sink in sinks.items():
+        if isinstance(sink, PerAlertSink):
+            agent = make_per_alert_agent(sink, settings, reporter)
+            app.agent(topics.delivery[kind], name=f"sink-{kind}")(agent)
+        elif isinstance(sink, BatchingSink):
+            holder = BatchingAgent(sink, settings, reporter)
+            batching.append(holder)
+            app.agent(topics.delivery[kind], name=f"sink-{kind}")(holder.agent)
+            app.timer(min(1.0, max(0.05, sink.limits.max_age / 4)), name=f"flush-{kind}")(
+                holder.tick
+            )
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
+        for holder in batching:
+            holder.on_revoked(revoked)
+
+    register_views(app, table)
+    return Pipeline(app=app, topics=topics, table=table, sinks=sinks)

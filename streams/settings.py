@@ -1,0 +1,97 @@
+"""Worker settings, read once from the environment (names are the README's reference)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sinks.base import BatchLimits
+from sinks.retry import RetryPolicy
+
+__all__ = ["Settings"]
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "alertrelay"
+    topic_alerts: str = "alerts"
+    topic_integrations: str = "integrations"
+    topic_status: str = "alertrelay-delivery-status"
+    topic_dlq: str = "alertrelay-dlq"
+    partitions: int = 4
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = Path(".alertrelay")
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    batch_limits: BatchLimits = field(default_factory=BatchLimits)
+    take_max: int = 500
+    take_within: float = 0.02
+    per_integration_concurrency: int = 4
+    commit_interval: float = 1.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", cls.bootstrap_servers),
+            app_id=_env("ALERTRELAY_APP_ID", cls.app_id),
+            topic_alerts=_env("ALERTRELAY_TOPIC_ALERTS", cls.topic_alerts),
+            topic_integrations=_env("ALERTRELAY_TOPIC_INTEGRATIONS", cls.topic_integrations),
+            topic_status=_env("ALERTRELAY_TOPIC_STATUS", cls.topic_status),
+            topic_dlq=_env("ALERTRELAY_TOPIC_DLQ", cls.topic_dlq),
+            partitions=_int("ALERTRELAY_PARTITIONS", cls.partitions),
+            web_host=_env("ALERTRELAY_WEB_HOST", cls.web_host),
+            web_port=_int("ALERTRELAY_WEB_PORT", cls.web_port),
+            data_dir=Path(_env("ALERTRELAY_DATA_DIR", str(cls.data_dir))),
+            retry=RetryPolicy(
+                max_attempts=_int("ALERTRELAY_RETRY_MAX_ATTEMPTS", 5),
+                base_delay=_float("ALERTRELAY_RETRY_BASE_DELAY", 0.5),
+                max_delay=_float("ALERTRELAY_RETRY_MAX_DELAY", 30.0),
+            ),
+            batch_limits=BatchLimits(
+                max_events=_int("ALERTRELAY_BATCH_MAX_EVENTS", 10_000),
+                max_bytes=_int("ALERTRELAY_BATCH_MAX_BYTES", 8 * 1024 * 1024),
+                max_age=_float("ALERTRELAY_BATCH_MAX_AGE", 30.0),
+            ),
+            take_max=_int("ALERTRELAY_TAKE_MAX", cls.take_max),
+            take_within=_float("ALERTRELAY_TAKE_WITHIN", cls.take_within),
+            per_integration_concurrency=_int(
+                "ALERTRELAY_PER_INTEGRATION_CONCURRENCY", cls.per_integration_concurrency
+            ),
+            commit_interval=_float("ALERTRELAY_COMMIT_INTERVAL", cls.commit_interval),
+            log_level=_env("ALERTRELAY_LOG_LEVEL", cls.log_level),
+        )
+
+    def delivery_topic(self, integration_type: str) -> str:
+        return f"{self.app_id}-deliver-{integration_type}"
+
+    @property
+    def configs_by_tenant_topic(self) -> str:
+        return f"{self.app_id}-configs-by-tenant"
+
+    @property
+    def alerts_by_tenant_topic(self) -> str:
+        return f"{self.app_id}-alerts-by-tenant"

@@ -1,0 +1,24 @@
+"""The changelog-backed table of integration configs, keyed by tenant."""
+
+from __future__ import annotations
+
+import faust
+from faust.types import TableT
+
+__all__ = ["declare_config_table"]
+
+
+def declare_config_table(app: faust.App, partitions: int) -> TableT:
+    """tenant_id -> {integration_id: {"version": int, "config": dict | None}}.
+
+    Kept in memory and rebuilt from its compacted changelog when a worker starts or is
+    assigned a partition; configs are small, so recovery is quick.
+    """
+    return app.Table(
+        "configs",
+        default=None,
+        partitions=partitions,
+        key_type=str,
+        value_type=dict,
+        help="integration configs by tenant",
+    )

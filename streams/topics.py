@@ -1,0 +1,102 @@
+"""Topic names and declarations, and finding how many partitions the alerts topic has."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faust
+from faust.types import TopicT
+
+from streams.settings import Settings
+
+__all__ = ["Topics", "prepare_topics"]
+
+log = logging.getLogger(__name__)
+
+
+def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) -> int:
+    """Create missing topics and return the partition count everything must share.
+
+    Tables and internal topics must have exactly as many partitions as the alerts topic
+    (they are co-partitioned by tenant), so an existing alerts topic decides the count.
+    faust creates only its own changelog topics; the rest are created here, with a
+    replication factor of min(3, brokers).
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
+    alerts = existing.get(settings.topic_alerts)
+    partitions = settings.partitions
+    if alerts is not None and alerts.error is None and alerts.partitions:
+        partitions = len(alerts.partitions)
+        if partitions != settings.partitions:
+            log.info("alerts topic %r has %d partitions: using that", settings.topic_alerts,
+                     partitions)
+    replicas = max(1, min(3, len(metadata.brokers)))
+    compacted = {"cleanup.policy": "compact"}
+    wanted = {
+        settings.topic_alerts: {},
+        settings.topic_integrations: compacted,
+        settings.topic_status: {},
+        settings.topic_dlq: {},
+        settings.configs_by_tenant_topic: {},
+        settings.alerts_by_tenant_topic: {},
+        **{settings.delivery_topic(t): {} for t in types},
+    }
+    new = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replicas, config=config)
+        for name, config in wanted.items()
+        if name not in existing
+    ]
+    if new:
+        for name, future in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                future.result()
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise SystemExit(f"cannot create topic {name}: {exc}") from None
+        log.info("created topics: %s", ", ".join(t.topic for t in new))
+    for name in (settings.configs_by_tenant_topic, settings.alerts_by_tenant_topic):
+        topic = existing.get(name)
+        if topic is not None and topic.partitions and len(topic.partitions) != partitions:
+            raise SystemExit(
+                f"topic {name} has {len(topic.partitions)} partitions but {settings.topic_alerts}"
+                f" has {partitions}: they must match (delete {name} to have it recreated)"
+            )
+    return partitions
+
+
+@dataclass(frozen=True)
+class Topics:
+    alerts: TopicT
+    alerts_by_tenant: TopicT
+    integrations: TopicT
+    configs_by_tenant: TopicT
+    status: TopicT
+    dlq: TopicT
+    delivery: dict[str, TopicT]
+
+    @classmethod
+    def declare(
+        cls, app: faust.App, settings: Settings, partitions: int, types: list[str]
+    ) -> Topics:
+        def raw(*names: str, **kw: object) -> TopicT:
+            return app.topic(
+                *names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                value_serializer="raw", **kw,  # type: ignore[arg-type]
+            )
+
+        return cls(
+            # Alerts that came in on the partition their tenant's configs are not on
+            # (a producer with another partitioner) are forwarded to the second topic.
+            alerts=raw(settings.topic_alerts, settings.alerts_by_tenant_topic),
+            alerts_by_tenant=raw(settings.alerts_by_tenant_topic, partitions=partitions),
+            integrations=raw(settings.topic_integrations, compacting=True, deleting=False),
+            configs_by_tenant=raw(settings.configs_by_tenant_topic, partitions=partitions),
+            status=raw(settings.topic_status),
+            dlq=raw(settings.topic_dlq),
+            delivery={t: raw(settings.delivery_topic(t), partitions=partitions) for t in types},
+        )
