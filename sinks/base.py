@@ -65,7 +65,7 @@ class Sink(ABC, Generic[S]):
     async def check(self, integration: IntegrationConfig, settings: S) -> str:
         """Prove the destination accepts us; return a short detail for the user."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release clients; called once at shutdown."""
 
 

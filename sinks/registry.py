@@ -23,7 +23,15 @@ __all__ = [
 
 # Every type of the contract; the ones without a sink yet are refused with that reason.
 ALL_TYPES = (
-    "slack", "email", "jira", "datadog", "pagerduty", "splunk", "gcs", "s3", "opsgenie",
+    "slack",
+    "email",
+    "jira",
+    "datadog",
+    "pagerduty",
+    "splunk",
+    "gcs",
+    "s3",
+    "opsgenie",
     "webhook",
 )
 

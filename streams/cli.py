@@ -26,8 +26,8 @@ def worker() -> None:
     """
     import faust
 
-    from streams.pipeline import build_pipeline
     from sinks.registry import available_types
+    from streams.pipeline import build_pipeline
     from streams.topics import prepare_topics
 
     settings = Settings.from_env()

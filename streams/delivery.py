@@ -131,10 +131,12 @@ async def _with_retry(
             status = await attempt_fn(attempt)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - a sink must never lose an alert
+        except BaseException as exc:
             error = _as_delivery_error(exc, redact)
             delay = policy.delay(attempt, error)
-            await on_attempt(attempt, time.monotonic() - started, error.status, error, delay is None)
+            await on_attempt(
+                attempt, time.monotonic() - started, error.status, error, delay is None
+            )
             if delay is None:
                 return error, attempt
             await asyncio.sleep(delay)
@@ -144,7 +146,7 @@ async def _with_retry(
 
 
 class DeliveryRunner:
-    """Delivers one alert at a time through a per-alert sink, concurrency bounded per integration."""
+    """Delivers alerts through a per-alert sink, with concurrency bounded per integration."""
 
     def __init__(
         self,
@@ -158,9 +160,7 @@ class DeliveryRunner:
         self.reporter = reporter
         self._limit = per_integration_concurrency
         self._gates: dict[str, asyncio.Semaphore] = {}
-        self._settings = _SettingsCache(
-            lambda d: sink.parse_settings(d.integration), sink.secrets
-        )
+        self._settings = _SettingsCache(lambda d: sink.parse_settings(d.integration), sink.secrets)
 
     def _gate(self, integration_key: str) -> asyncio.Semaphore:
         gate = self._gates.get(integration_key)
@@ -195,7 +195,9 @@ class DeliveryRunner:
             )
             metrics.record_attempt(kind, outcome.value, latency)
             if err is None and delivery.produced_at:
-                metrics.END_TO_END.labels(kind).observe(max(0.0, time.time() - delivery.produced_at))
+                metrics.END_TO_END.labels(kind).observe(
+                    max(0.0, time.time() - delivery.produced_at)
+                )
             await self.reporter.status(
                 _status(delivery, n, outcome, latency, status, err.message if err else None)
             )
@@ -224,9 +226,7 @@ class BatchRunner:
         self.sink = sink
         self.policy = policy
         self.reporter = reporter
-        self._settings = _SettingsCache(
-            lambda d: sink.parse_settings(d.integration), sink.secrets
-        )
+        self._settings = _SettingsCache(lambda d: sink.parse_settings(d.integration), sink.secrets)
 
     async def write(self, batch: Batch) -> Outcome:
         kind = batch.integration.type
@@ -256,7 +256,9 @@ class BatchRunner:
                 now = time.time()
                 for delivery in batch.records:
                     if err is None and delivery.produced_at:
-                        metrics.END_TO_END.labels(kind).observe(max(0.0, now - delivery.produced_at))
+                        metrics.END_TO_END.labels(kind).observe(
+                            max(0.0, now - delivery.produced_at)
+                        )
                     await self.reporter.status(
                         _status(delivery, n, outcome, latency, status, err.message if err else None)
                     )

@@ -62,7 +62,7 @@ def build_pipeline(settings: Settings, partitions: int) -> Pipeline:
                 holder.tick
             )
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def _revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
         for holder in batching:
             holder.on_revoked(revoked)

@@ -28,6 +28,4 @@ class KafkaReporter:
 
     async def dead_letter(self, record: DeadLetter) -> None:
         key = (record.tenant_id or "").encode() or None
-        self._dlq.send_soon(
-            key=key, value=orjson.dumps(record.model_dump(mode="json")), force=True
-        )
+        self._dlq.send_soon(key=key, value=orjson.dumps(record.model_dump(mode="json")), force=True)

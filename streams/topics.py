@@ -23,7 +23,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
     faust creates only its own changelog topics; the rest are created here, with a
     replication factor of min(3, brokers).
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     metadata = admin.list_topics(timeout=timeout)
@@ -33,8 +33,9 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
     if alerts is not None and alerts.error is None and alerts.partitions:
         partitions = len(alerts.partitions)
         if partitions != settings.partitions:
-            log.info("alerts topic %r has %d partitions: using that", settings.topic_alerts,
-                     partitions)
+            log.info(
+                "alerts topic %r has %d partitions: using that", settings.topic_alerts, partitions
+            )
     replicas = max(1, min(3, len(metadata.brokers)))
     compacted = {"cleanup.policy": "compact"}
     wanted = {
@@ -85,8 +86,12 @@ class Topics:
     ) -> Topics:
         def raw(*names: str, **kw: object) -> TopicT:
             return app.topic(
-                *names, key_type=bytes, value_type=bytes, key_serializer="raw",
-                value_serializer="raw", **kw,  # type: ignore[arg-type]
+                *names,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                **kw,  # type: ignore[arg-type]
             )
 
         return cls(

@@ -73,8 +73,9 @@ class TopicSet:
 class WorkerProcess:
     """`alertrelay worker` as a child process, with its log kept for failure messages."""
 
-    def __init__(self, bootstrap: str, topics: TopicSet, workdir: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, topics: TopicSet, workdir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.log_path = workdir / f"worker-{self.port}.log"
         self.env = {
@@ -97,7 +98,10 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
-            cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.wait_ready(timeout)
@@ -182,8 +186,14 @@ def produce(
     """Produce (key, value) pairs; dict values become JSON, None is a tombstone."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": partitioner,
-                         "linger.ms": 5, "message.max.bytes": 4 * 1024 * 1024})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": partitioner,
+            "linger.ms": 5,
+            "message.max.bytes": 4 * 1024 * 1024,
+        }
+    )
     for key, value in records:
         if isinstance(value, dict | list):
             value = json.dumps(value).encode()
@@ -193,17 +203,20 @@ def produce(
     assert remaining == 0, f"{remaining} records not delivered to {topic}"
 
 
-def consume(bootstrap: str, topic: str, *, min_count: int, timeout: float = 60.0,
-            until: Any = None) -> list[dict[str, Any]]:
+def consume(
+    bootstrap: str, topic: str, *, min_count: int, timeout: float = 60.0, until: Any = None
+) -> list[dict[str, Any]]:
     """Read a topic from the start until `min_count` JSON records (or `until(records)`)."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"test-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     out: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout

@@ -42,8 +42,12 @@ class S3Sink(BatchingSink[S3Settings]):
     def _writer(self, settings: S3Settings) -> S3Writer:
         secret = settings.secret_access_key.get_secret_value()
         ident = "\x00".join(
-            [settings.access_key_id, hashlib.sha256(secret.encode()).hexdigest(),
-             settings.region, settings.bucket]
+            [
+                settings.access_key_id,
+                hashlib.sha256(secret.encode()).hexdigest(),
+                settings.region,
+                settings.bucket,
+            ]
         )
         writer = self._writers.get(ident)
         if writer is None:
@@ -77,8 +81,11 @@ class S3Sink(BatchingSink[S3Settings]):
                 "alertrelay-count": str(len(records)),
             }
             created = await writer.put_if_absent(
-                key, body, content_type=JSONL_CONTENT_TYPE,
-                content_encoding=codec.content_encoding, metadata=metadata,
+                key,
+                body,
+                content_type=JSONL_CONTENT_TYPE,
+                content_encoding=codec.content_encoding,
+                metadata=metadata,
             )
             if created:
                 return 200

@@ -28,7 +28,9 @@ __all__ = ["WebhookSink", "build_request"]
 USER_AGENT = "alertrelay/0.1 (+https://github.com/alertrelay/alertrelay)"
 
 
-def build_request(delivery: Delivery, settings: WebhookSettings) -> tuple[str, str, dict[str, str], bytes]:
+def build_request(
+    delivery: Delivery, settings: WebhookSettings
+) -> tuple[str, str, dict[str, str], bytes]:
     """Method, URL, headers and body; user headers come last so they win (the spec)."""
     body = orjson.dumps(delivery.alert.wire())
     headers = {

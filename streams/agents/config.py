@@ -68,14 +68,24 @@ def make_config_agents(topics: Topics, table: TableT, reporter: Reporter) -> tup
     async def reject(event: EventT, reason: str, tenant: str | None, iid: str | None) -> None:
         msg = event.message
         metrics.DLQ.labels("-", "config").inc()
-        log.warning("refused integration config at %s[%d]@%d: %s", msg.topic, msg.partition,
-                    msg.offset, reason)
+        log.warning(
+            "refused integration config at %s[%d]@%d: %s",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            reason,
+        )
         # No payload: a config carries secrets, and the reason names the fields.
         await reporter.dead_letter(
             DeadLetter(
-                reason=reason, stage="config", source_topic=msg.topic,
-                source_partition=msg.partition, source_offset=msg.offset, at=time.time(),
-                tenant_id=tenant, integration_id=iid,
+                reason=reason,
+                stage="config",
+                source_topic=msg.topic,
+                source_partition=msg.partition,
+                source_offset=msg.offset,
+                at=time.time(),
+                tenant_id=tenant,
+                integration_id=iid,
             )
         )
 
@@ -89,7 +99,9 @@ def make_config_agents(topics: Topics, table: TableT, reporter: Reporter) -> tup
             tenant, iid = parts
             if msg.value is None:
                 change: dict[str, Any] = {
-                    "integration_id": iid, "version": msg.offset, "deleted": True
+                    "integration_id": iid,
+                    "version": msg.offset,
+                    "deleted": True,
                 }
             else:
                 try:
@@ -126,8 +138,12 @@ def make_config_agents(topics: Topics, table: TableT, reporter: Reporter) -> tup
                 log.error("skipping unreadable config change for %s: %r", tenant, exc)
                 continue
             if updated is None:
-                log.info("ignored stale config change for %s/%s (version %s)", tenant,
-                         change.get("integration_id"), change.get("version"))
+                log.info(
+                    "ignored stale config change for %s/%s (version %s)",
+                    tenant,
+                    change.get("integration_id"),
+                    change.get("version"),
+                )
                 continue
             table[tenant] = updated
 

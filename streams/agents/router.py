@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def tenant_partition(tenant_id: str, partitions: int) -> int:
     """Where Kafka's default (murmur2) partitioner puts a tenant: where its configs live."""
-    return (murmur2(tenant_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    return int(murmur2(tenant_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 def _header_items(headers: Any) -> list[tuple[str, bytes]]:
@@ -72,12 +72,17 @@ def make_router(
         msg = event.message
         metrics.ALERTS.labels("invalid").inc()
         metrics.DLQ.labels("-", "decode").inc()
-        log.warning("undecodable alert at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset,
-                    reason)
+        log.warning(
+            "undecodable alert at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason
+        )
         await reporter.dead_letter(
             DeadLetter(
-                reason=reason, stage="decode", source_topic=msg.topic,
-                source_partition=msg.partition, source_offset=msg.offset, at=time.time(),
+                reason=reason,
+                stage="decode",
+                source_topic=msg.topic,
+                source_partition=msg.partition,
+                source_offset=msg.offset,
+                at=time.time(),
                 payload_b64=base64.b64encode((msg.value or b"")[: 64 * 1024]).decode() or None,
             )
         )
@@ -95,11 +100,17 @@ def make_router(
             if msg.partition != home and source is None:
                 # Produced with another partitioner: send it to where its configs are,
                 # remembering where it came from (that, not the detour, names it).
-                headers = [*_header_items(msg.headers),
-                           (SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+                headers = [
+                    *_header_items(msg.headers),
+                    (SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
+                ]
                 topics.alerts_by_tenant.send_soon(
-                    key=alert.tenant_id.encode(), value=msg.value, partition=home,
-                    headers=headers, timestamp=msg.timestamp, force=True,
+                    key=alert.tenant_id.encode(),
+                    value=msg.value,
+                    partition=home,
+                    headers=headers,
+                    timestamp=msg.timestamp,
+                    force=True,
                 )
                 continue
             src_topic, src_partition, src_offset = source or (msg.topic, msg.partition, msg.offset)
@@ -134,4 +145,3 @@ def make_router(
                 metrics.ROUTED.labels(kind).inc()
 
     return route
-

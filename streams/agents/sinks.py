@@ -40,8 +40,12 @@ async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | Non
     metrics.DLQ.labels(kind, "deliver").inc()
     await reporter.dead_letter(
         DeadLetter(
-            reason=reason, stage="deliver", source_topic=msg.topic,
-            source_partition=msg.partition, source_offset=msg.offset, at=time.time(),
+            reason=reason,
+            stage="deliver",
+            source_topic=msg.topic,
+            source_partition=msg.partition,
+            source_offset=msg.offset,
+            at=time.time(),
             integration_type=kind,
             payload_b64=base64.b64encode((msg.value or b"")[: 64 * 1024]).decode() or None,
         )
@@ -49,9 +53,7 @@ async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | Non
     return None
 
 
-def make_per_alert_agent(
-    sink: PerAlertSink[Any], settings: Settings, reporter: Reporter
-) -> Any:
+def make_per_alert_agent(sink: PerAlertSink[Any], settings: Settings, reporter: Reporter) -> Any:
     runner = DeliveryRunner(sink, settings.retry, reporter, settings.per_integration_concurrency)
     kind = sink.type_name
 

@@ -15,7 +15,7 @@ __all__ = ["register_views"]
 
 def register_views(app: faust.App, table: TableT) -> None:
     @app.page("/health")
-    class Health(View):
+    class Health(View):  # type: ignore[misc]
         async def get(self, request: Request) -> Response:
             recovered = app.tables.recovery.completed.is_set()
             assigned = bool(app.consumer.assignment()) if app.consumer is not None else False
@@ -30,7 +30,7 @@ def register_views(app: faust.App, table: TableT) -> None:
             return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
-    class Metrics(View):
+    class Metrics(View):  # type: ignore[misc]
         async def get(self, request: Request) -> Response:
             metrics.CONFIGS.set(
                 sum(

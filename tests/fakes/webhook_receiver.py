@@ -56,8 +56,9 @@ class WebhookReceiver:
                 answer = receiver._answer_for(path)
                 with receiver._lock:
                     receiver.requests.append(
-                        Received(self.command, self.path, dict(self.headers.items()), body,
-                                 time.time())
+                        Received(
+                            self.command, self.path, dict(self.headers.items()), body, time.time()
+                        )
                     )
                 if answer.delay:
                     time.sleep(answer.delay)
@@ -118,11 +119,15 @@ class WebhookReceiver:
         with self._lock:
             return [r for r in self.requests if path is None or r.path.split("?")[0] == path]
 
-    def wait_for(self, count: int, path: str | None = None, timeout: float = 60.0) -> list[Received]:
+    def wait_for(
+        self, count: int, path: str | None = None, timeout: float = 60.0
+    ) -> list[Received]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.received(path)
             if len(got) >= count:
                 return got
             time.sleep(0.05)
-        raise AssertionError(f"expected {count} requests to {path or '*'}, got {len(self.received(path))}")
+        raise AssertionError(
+            f"expected {count} requests to {path or '*'}, got {len(self.received(path))}"
+        )
