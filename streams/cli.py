@@ -35,6 +35,9 @@ def worker() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request line with its full URL, and a webhook URL is a secret.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     partitions = prepare_topics(settings, available_types())
     pipeline = build_pipeline(settings, partitions)
     click.echo(
