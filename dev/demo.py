@@ -72,6 +72,25 @@ WEBHOOK_EVENT_TYPES = ["client_side_risk"]
 WEBHOOK_MIN_RISK = "medium"
 
 DELIVERY_DEADLINE = 90.0
+
+PRODUCE_SNIPPET = """\
+cd {repo} && .venv/bin/python - <<'EOF'
+import datetime, json, uuid
+from confluent_kafka import Producer
+alert = {{
+    "alert_id": f"manual-{{uuid.uuid4().hex[:12]}}",
+    "tenant_id": "{tenant}",
+    "event_type": "client_side_risk",
+    "risk_level": "high",
+    "title": "Hand-made alert: new script on the checkout page",
+    "detected_at": datetime.datetime.now(datetime.UTC).isoformat(),
+    "script_url": "https://cdn.example-new-domain.xyz/a.js",
+}}
+producer = Producer({{"bootstrap.servers": "{bootstrap}"}})
+producer.produce("{topic}", key=alert["tenant_id"], value=json.dumps(alert))
+producer.flush()
+print("sent", alert["alert_id"])
+EOF"""
 WORKER_START_TIMEOUT = 120.0
 
 
@@ -471,13 +490,21 @@ class Demo:
                 self.topics.integrations,
                 [(f"{c['tenant_id']}/{c['integration_id']}", c) for c in configs],
             )
+
             # Topics are read independently: alerts sent before the table holds the
             # configs would (correctly) count as an unknown tenant. Wait for the table.
-            self._wait(
-                "the worker to load both integration configs",
-                lambda: metric_sum(self.metrics()[0], "alertrelay_integrations") >= len(configs),
-                timeout=30,
-            )
+            def loaded() -> bool:
+                refused = [
+                    line
+                    for line in self.worker.log_tail(400).splitlines()
+                    if "refused integration config" in line
+                ]
+                if refused:
+                    detail = "\n".join(refused)
+                    raise DemoFailure(f"the worker refused an integration config:\n{detail}")
+                return metric_sum(self.metrics()[0], "alertrelay_integrations") >= len(configs)
+
+            self._wait("the worker to load both integration configs", loaded, timeout=30)
         for c in configs:
             filters = f"event_types={c.get('event_types', 'all')}"
             filters += f", min_risk_level={c.get('min_risk_level', 'low')}"
@@ -625,8 +652,10 @@ class Demo:
         say(f"  Idempotency-Key     {len(idem_keys - {None})} distinct keys")
         by_risk = Counter(by_id[i]["risk_level"] for i in unique if i in by_id)
         say("  by risk             " + ", ".join(f"{r} {by_risk[r]}" for r in RISKS if by_risk[r]))
-        if requests:
-            sample = requests[0].json()
+        sample: Any = None
+        with contextlib.suppress(ValueError):
+            sample = requests[0].json() if requests else None
+        if isinstance(sample, dict):
             say(
                 f"  first body          {sample.get('alert_id')} [{sample.get('risk_level')}] "
                 f"{sample.get('title')!r}"
@@ -684,14 +713,6 @@ class Demo:
 
     def keep_running(self) -> None:
         assert self.receiver is not None and self.s3 is not None
-        sample = {
-            "alert_id": "hand-made-1",
-            "tenant_id": TENANT,
-            "event_type": "client_side_risk",
-            "risk_level": "high",
-            "title": "Hand-made alert",
-            "detected_at": "2026-01-01T00:00:00Z",
-        }
         say("\neverything keeps running until Ctrl-C:")
         say(f"  Kafka            {self.bootstrap}")
         say(f"  alerts topic     {self.topics.alerts}   (key = tenant id)")
@@ -700,15 +721,14 @@ class Demo:
         say(f"  worker log       {self.worker.log_path}")
         say(f"  webhook receiver {self.receiver.url}{WEBHOOK_PATH}")
         say(f"  moto S3          {self.s3.url} (bucket {BUCKET}, key {AWS_KEY_ID})")
-        say("produce an alert from another shell (change alert_id each time):")
-        say(f"  cd {REPO_ROOT} && .venv/bin/python - <<'EOF'")
-        say("  import json; from confluent_kafka import Producer")
-        say(f"  p = Producer({{'bootstrap.servers': '{self.bootstrap}'}})")
-        say(f"  p.produce('{self.topics.alerts}', key='{TENANT}', value=json.dumps(")
-        say(f"      {json.dumps(sample)}))")
-        say("  p.flush()")
-        say("  EOF")
-        say("new webhook deliveries and S3 objects are printed below.\n")
+        say("\nto send an alert, paste this into another shell (a high client_side_risk alert")
+        say(f"for {TENANT} goes to the webhook and to S3; tenant {OTHER_TENANT} goes nowhere):\n")
+        say(
+            PRODUCE_SNIPPET.format(
+                repo=REPO_ROOT, bootstrap=self.bootstrap, topic=self.topics.alerts, tenant=TENANT
+            )
+        )
+        say("\nnew webhook deliveries and S3 objects are printed below.\n")
         seen_requests = len(self.receiver.received())
         seen_objects = set(self.s3_objects())
         while True:
@@ -798,7 +818,8 @@ def _prune_runs() -> None:
 def _wait_for_broker(bootstrap: str, timeout: float) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # log_level 0: librdkafka would print a line per refused connection every 50 ms.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:

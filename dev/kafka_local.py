@@ -88,8 +88,10 @@ def ensure_jars() -> Path:
                 "broker jars from Maven Central (apt-get install maven, or set "
                 "KAFKA_BOOTSTRAP_SERVERS to use an existing broker)."
             )
-        # Start clean so jars of an older version never end up on the classpath.
-        shutil.rmtree(LIBS_DIR, ignore_errors=True)
+        # Fetch into a fresh folder and swap it in: no jars of an older version end up on
+        # the classpath, and a failed fetch leaves a working cache untouched.
+        staging = CACHE_DIR / f"kafka-libs.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
         cmd = [
             mvn,
             "-q",
@@ -98,16 +100,22 @@ def ensure_jars() -> Path:
             str(POM),
             "dependency:copy-dependencies",
             "-DincludeScope=runtime",
-            f"-DoutputDirectory={LIBS_DIR}",
+            f"-DoutputDirectory={staging}",
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not any(LIBS_DIR.glob("*.jar")):
+        if result.returncode != 0 or not any(staging.glob("*.jar")):
+            shutil.rmtree(staging, ignore_errors=True)
             output = (result.stdout + result.stderr).strip()
             raise RuntimeError(
                 f"fetching Kafka jars failed (exit {result.returncode}): {' '.join(cmd)}\n"
                 f"{_tail_text(output)}"
             )
-        (LIBS_DIR / STAMP_NAME).write_text(_stamp_text())
+        (staging / STAMP_NAME).write_text(_stamp_text())
+        old = CACHE_DIR / f"kafka-libs.old-{os.getpid()}"
+        if LIBS_DIR.exists():
+            LIBS_DIR.rename(old)
+        staging.rename(LIBS_DIR)
+        shutil.rmtree(old, ignore_errors=True)
     return LIBS_DIR
 
 
@@ -161,6 +169,20 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _formatted_cluster_id(data_dir: Path) -> str | None:
+    """The cluster id of an already formatted log dir.
+
+    A reused workdir (`start --dir` after `stop`) must keep it: format with a new random id
+    fails even with --ignore-formatted, and skipping format saves two JVM start-ups.
+    """
+    try:
+        text = (data_dir / "meta.properties").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^cluster\.id=(\S+)", text, re.MULTILINE)
+    return match.group(1) if match else None
 
 
 def server_properties(
@@ -258,6 +280,18 @@ class LocalKafka:
             )
         return result.stdout
 
+    def _format(self, libs: Path, props: Path, deadline: float) -> None:
+        remaining = max(deadline - time.monotonic(), 1.0)
+        lines = self._run_tool(libs, "random-uuid", timeout=remaining).split()
+        cluster_id = lines[-1] if lines else ""
+        if not cluster_id:
+            raise RuntimeError("StorageTool random-uuid printed no cluster id")
+        remaining = max(deadline - time.monotonic(), 1.0)
+        self._run_tool(
+            libs, "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted",
+            timeout=remaining,
+        )  # fmt: skip
+
     def start(self, timeout: float = 90) -> str:
         """Format storage, launch the broker and block until clients can connect."""
         if self._proc is not None:
@@ -290,16 +324,8 @@ class LocalKafka:
                 self.workdir / "data", self.port, controller_port, self.partitions_default
             )
         )
-        remaining = max(deadline - time.monotonic(), 1.0)
-        lines = self._run_tool(libs, "random-uuid", timeout=remaining).split()
-        cluster_id = lines[-1] if lines else ""
-        if not cluster_id:
-            raise RuntimeError("StorageTool random-uuid printed no cluster id")
-        remaining = max(deadline - time.monotonic(), 1.0)
-        self._run_tool(
-            libs, "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted",
-            timeout=remaining,
-        )  # fmt: skip
+        if _formatted_cluster_id(self.workdir / "data") is None:
+            self._format(libs, props, deadline)
 
         self._log_handle = self.log_path.open("ab")
         self._proc = subprocess.Popen(
@@ -467,7 +493,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # SIGINT explicitly too: a shell's background job starts with SIGINT ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     kafka = LocalKafka(workdir=args.dir, port=args.port, partitions_default=args.partitions)
     try:
         print(kafka.start(timeout=args.timeout), flush=True)

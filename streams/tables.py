@@ -18,7 +18,7 @@ def declare_config_table(app: faust.App, partitions: int) -> TableT:
         "configs",
         default=None,
         partitions=partitions,
-        key_type=str,
-        value_type=dict,
+        # No key_type/value_type: faust would treat `dict` as a Model and fail recovery
+        # ("'dict' has no attribute 'from_data'"); plain JSON round-trips as is.
         help="integration configs by tenant",
     )

@@ -93,7 +93,7 @@ def create_topics(
     see UNKNOWN_TOPIC_OR_PART or a partial partition list and flake.
     """
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     config = config or {}
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -111,7 +111,9 @@ def create_topics(
             expected[name] = topics[name]
         except KafkaException as exc:
             error = exc.args[0]
-            if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            if not (
+                isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
+            ):
                 raise
             expected[name] = 1  # pre-existing: accept whatever partition count it has
 

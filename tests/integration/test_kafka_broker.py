@@ -59,9 +59,9 @@ def test_produce_and_consume_roundtrip(kafka_bootstrap: str) -> None:
             if msg is None:
                 continue
             assert msg.error() is None, msg.error()
-            key, value = msg.key(), msg.value()
-            assert key is not None and value is not None
-            received[key] = (value, msg.partition())
+            key, value, partition = msg.key(), msg.value(), msg.partition()
+            assert key is not None and value is not None and partition is not None
+            received[key] = (value, partition)
     finally:
         consumer.close()
 

@@ -1,0 +1,208 @@
+"""Batcher: per-integration, per-source-partition buffers with count, bytes and age limits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from schemas.models import Alert, Delivery, IntegrationConfig, idempotency_key
+from sinks.base import BatchLimits
+from streams.batcher import Batcher
+
+DETECTED = dt.datetime(2024, 5, 1, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+# 2024-05-02 04:30 UTC, while 2024-05-01 in the alert's own zone
+
+
+def make_delivery(
+    offset: int,
+    *,
+    integration_id: str = "s3-1",
+    tenant_id: str = "tenant-a",
+    source_partition: int = 0,
+    source_topic: str = "alerts",
+    config_version: int = 1,
+    produced_at: float | None = 1714564800.0,  # 2024-05-01T12:00:00Z
+    detected_at: dt.datetime = DETECTED,
+) -> Delivery:
+    alert = Alert(
+        alert_id=f"alert-{source_partition}-{offset}",
+        tenant_id=tenant_id,
+        event_type="client_side_risk",
+        risk_level="high",
+        title="t",
+        detected_at=detected_at,
+    )
+    integration = IntegrationConfig(
+        integration_id=integration_id,
+        tenant_id=tenant_id,
+        type="s3",
+        name=f"v{config_version}",
+        version=config_version,
+        settings={"bucket": "b"},
+    )
+    return Delivery(
+        alert=alert,
+        integration=integration,
+        config_version=config_version,
+        idempotency_key=idempotency_key(alert.alert_id, integration_id),
+        source_topic=source_topic,
+        source_partition=source_partition,
+        source_offset=offset,
+        routed_at=time.time(),
+        produced_at=produced_at,
+    )
+
+
+def batcher(**limits: Any) -> Batcher:
+    fields: dict[str, Any] = {"max_events": 1000, "max_bytes": 10**9, "max_age": 60.0}
+    fields.update(limits)
+    return Batcher(BatchLimits(**fields))
+
+
+def test_count_limit_returns_a_batch_exactly_at_max_events() -> None:
+    b = batcher(max_events=3)
+    assert b.add(make_delivery(0), "ack0", 0, 10) is None
+    assert b.add(make_delivery(1), "ack1", 0, 10) is None
+    pending = b.add(make_delivery(2), "ack2", 0, 10)
+    assert pending is not None
+    assert [d.source_offset for d in pending.batch.records] == [0, 1, 2]
+    assert len(b) == 0
+    # the next record starts a new buffer
+    assert b.add(make_delivery(3), "ack3", 0, 10) is None
+    assert len(b) == 1
+
+
+def test_bytes_limit() -> None:
+    b = batcher(max_bytes=100)
+    assert b.add(make_delivery(0), "a", 0, 40) is None
+    assert b.add(make_delivery(1), "b", 0, 40) is None
+    pending = b.add(make_delivery(2), "c", 0, 40)
+    assert pending is not None
+    assert pending.batch.size_bytes == 120
+    assert len(pending.batch.records) == 3
+
+
+def test_one_oversized_record_is_a_batch_of_its_own() -> None:
+    b = batcher(max_bytes=100)
+    pending = b.add(make_delivery(0), "a", 0, 500)
+    assert pending is not None
+    assert len(pending.batch.records) == 1
+
+
+def test_due_by_age_uses_now() -> None:
+    b = batcher(max_age=30.0)
+    start = time.monotonic()
+    b.add(make_delivery(0), "a", 0, 10)
+    assert b.due(now=start + 10.0) == []
+    assert len(b) == 1
+    due = b.due(now=time.monotonic() + 30.0)
+    assert len(due) == 1
+    assert [d.source_offset for d in due[0].batch.records] == [0]
+    assert len(b) == 0
+    assert b.due(now=time.monotonic() + 1000.0) == []
+
+
+def test_age_counts_from_the_oldest_record() -> None:
+    b = batcher(max_age=30.0)
+    b.add(make_delivery(0), "a", 0, 10)
+    time.sleep(0.05)
+    second = time.monotonic()
+    b.add(make_delivery(1), "b", 0, 10)  # does not restart the clock
+    due = b.due(now=second + 29.98)  # 30 s after the first record, not the second
+    assert len(due) == 1
+    assert len(due[0].batch.records) == 2
+
+
+def test_buffers_are_per_source_partition() -> None:
+    b = batcher()
+    for offset in range(3):
+        b.add(make_delivery(offset, source_partition=0), f"p0-{offset}", 0, 10)
+        b.add(make_delivery(offset, source_partition=1), f"p1-{offset}", 0, 10)
+    pendings = b.drain()
+    assert len(pendings) == 2
+    by_partition = {p.batch.partition: p for p in pendings}
+    assert set(by_partition) == {0, 1}
+    for partition, pending in by_partition.items():
+        assert {d.source_partition for d in pending.batch.records} == {partition}
+        assert pending.acks == [f"p{partition}-{o}" for o in range(3)]
+
+
+def test_buffers_are_per_integration() -> None:
+    b = batcher(max_events=2)
+    assert b.add(make_delivery(0, integration_id="a"), 1, 0, 10) is None
+    assert b.add(make_delivery(1, integration_id="b"), 2, 0, 10) is None
+    pending = b.add(make_delivery(2, integration_id="a"), 3, 0, 10)
+    assert pending is not None
+    assert pending.batch.integration.integration_id == "a"
+    assert [d.source_offset for d in pending.batch.records] == [0, 2]
+    assert len(b) == 1
+
+
+def test_same_integration_of_two_tenants_is_not_mixed() -> None:
+    b = batcher()
+    b.add(make_delivery(0, tenant_id="t1", integration_id="same"), 1, 0, 10)
+    b.add(make_delivery(1, tenant_id="t2", integration_id="same"), 2, 0, 10)
+    assert len(b.drain()) == 2
+
+
+def test_records_are_sorted_by_source_offset_with_first_and_last() -> None:
+    b = batcher()
+    for offset in (17, 12, 15, 13):
+        b.add(make_delivery(offset, source_partition=4, source_topic="alerts"), offset, 0, 1)
+    (pending,) = b.drain()
+    batch = pending.batch
+    assert [d.source_offset for d in batch.records] == [12, 13, 15, 17]
+    assert (batch.first_offset, batch.last_offset) == (12, 17)
+    assert (batch.topic, batch.partition) == ("alerts", 4)
+    assert batch.size_bytes == 4
+
+
+def test_batch_carries_the_newest_config() -> None:
+    b = batcher()
+    b.add(make_delivery(0, config_version=1), 0, 0, 1)
+    b.add(make_delivery(1, config_version=3), 1, 0, 1)
+    b.add(make_delivery(2, config_version=2), 2, 0, 1)
+    (pending,) = b.drain()
+    assert pending.batch.integration.version == 3
+
+
+def test_day_from_produced_at_in_utc() -> None:
+    b = batcher()
+    # 2024-05-01T23:59:59Z; local zones must not matter
+    b.add(make_delivery(0, produced_at=1714607999.0), 0, 0, 1)
+    b.add(make_delivery(1, produced_at=1714608001.0), 1, 0, 1)  # next day
+    (pending,) = b.drain()
+    assert pending.batch.day == dt.date(2024, 5, 1)  # the first record's day
+
+
+def test_day_from_detected_at_when_produced_at_is_none() -> None:
+    b = batcher()
+    b.add(make_delivery(0, produced_at=None), 0, 0, 1)
+    (pending,) = b.drain()
+    assert pending.batch.day == dt.date(2024, 5, 2)  # the UTC date, not the alert's zone
+
+
+def test_drop_partitions_forgets_only_those_delivery_partitions() -> None:
+    b = batcher()
+    b.add(make_delivery(0, integration_id="a"), "a0", 0, 1)
+    b.add(make_delivery(1, integration_id="b"), "b1", 1, 1)
+    b.add(make_delivery(2, integration_id="c"), "c2", 2, 1)
+    b.add(make_delivery(3, integration_id="a"), "a3", 2, 1)
+    assert b.drop_partitions([2]) == 2
+    assert b.drop_partitions([7]) == 0
+    remaining = b.drain()
+    assert sorted(p.delivery_partition for p in remaining) == [0, 1]
+    assert sorted(ack for p in remaining for ack in p.acks) == ["a0", "b1"]
+
+
+def test_acks_come_back_with_the_batch() -> None:
+    b = batcher(max_events=3)
+    acks = [object(), object(), object()]
+    b.add(make_delivery(2), acks[0], 5, 1)
+    b.add(make_delivery(0), acks[1], 5, 1)
+    pending = b.add(make_delivery(1), acks[2], 5, 1)
+    assert pending is not None
+    assert pending.delivery_partition == 5
+    assert len(pending.acks) == 3
+    assert set(map(id, pending.acks)) == set(map(id, acks))
