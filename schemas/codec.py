@@ -50,10 +50,15 @@ def _header(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None, n
 
 
 def _decode_avro(body: bytes) -> Any:
+    buffer = io.BytesIO(body)
     try:
-        return fastavro.schemaless_reader(io.BytesIO(body), load_schema("Alert"), None)
+        record = fastavro.schemaless_reader(buffer, load_schema("Alert"), None)
     except Exception as exc:  # fastavro raises many types for bad input
         raise DecodeError(f"invalid Avro body: {type(exc).__name__}") from None
+    if buffer.tell() != len(body):
+        # Leftover bytes mean another schema wrote it: the fields read may be wrong.
+        raise DecodeError(f"invalid Avro body: {len(body) - buffer.tell()} bytes left over")
+    return record
 
 
 def decode_alert(

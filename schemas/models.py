@@ -7,6 +7,7 @@ reads and writes them (tests keep the two in step).
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -66,6 +67,15 @@ class Alert(BaseModel):
     domain: str | None = Field(default=None, max_length=1024)
     console_url: str | None = Field(default=None, max_length=8192)
     details: dict[str, str] | None = None
+
+    @field_validator("detected_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: object) -> object:
+        if isinstance(value, datetime) or (
+            isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}", value)
+        ):
+            return value
+        raise ValueError("detected_at must be an RFC 3339 date-time string")
 
     @field_validator("detected_at")
     @classmethod

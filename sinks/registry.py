@@ -65,31 +65,40 @@ def _errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+def _type_error(kind: object) -> tuple[str, str] | None:
+    if isinstance(kind, str) and kind in _settings_models():
+        return None
+    if isinstance(kind, str) and kind in ALL_TYPES:
+        reason = f"'{kind}' integrations are not available in this version"
+    elif isinstance(kind, str):
+        reason = f"unknown type '{kind}'"
+    else:
+        return None  # reported by the model as missing or not a string
+    return ("type", f"{reason} (available: {', '.join(available_types())})")
+
+
 def validate_integration(data: Mapping[str, Any]) -> tuple[IntegrationConfig, BaseModel]:
     """The common fields and the type's settings, or ConfigError naming every bad field."""
+    errors: list[tuple[str, str]] = []
+    config: IntegrationConfig | None = None
     try:
         config = IntegrationConfig.model_validate(data)
     except ValidationError as exc:
-        errors = _errors(exc)
-        kind = data.get("type")
-        model = _settings_models().get(kind) if isinstance(kind, str) else None
-        if model is not None and isinstance(data.get("settings"), Mapping):
-            try:
-                model.model_validate(data["settings"])
-            except ValidationError as inner:
-                errors += _errors(inner, "settings.")
-        raise ConfigError(errors) from None
-    model = _settings_models().get(config.type)
-    if model is None:
-        if config.type in ALL_TYPES:
-            reason = f"'{config.type}' integrations are not available in this version"
-        else:
-            reason = f"unknown type '{config.type}'"
-        raise ConfigError([("type", f"{reason} (available: {', '.join(available_types())})")])
-    try:
-        settings = model.model_validate(config.settings)
-    except ValidationError as exc:
-        raise ConfigError(_errors(exc, "settings.")) from None
+        errors += _errors(exc)
+    kind = data.get("type")
+    type_error = _type_error(kind)
+    if type_error is not None:
+        errors.append(type_error)
+    settings: BaseModel | None = None
+    model = _settings_models().get(kind) if isinstance(kind, str) else None
+    raw_settings = data.get("settings", {})
+    if model is not None and isinstance(raw_settings, Mapping):
+        try:
+            settings = model.model_validate(raw_settings)
+        except ValidationError as exc:
+            errors += _errors(exc, "settings.")
+    if errors or config is None or settings is None:
+        raise ConfigError(errors or [("settings", "must be an object")])
     return config, settings
 
 

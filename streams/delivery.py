@@ -78,7 +78,7 @@ def _status(
     )
 
 
-def _as_delivery_error(exc: BaseException, redact: Redactor) -> DeliveryError:
+def _as_delivery_error(exc: Exception, redact: Redactor) -> DeliveryError:
     """Anything a sink raises becomes a classified, redacted error.
 
     An unexpected exception is a bug or an unforeseen answer: retrying is the safe
@@ -129,9 +129,7 @@ async def _with_retry(
         started = time.monotonic()
         try:
             status = await attempt_fn(attempt)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
+        except Exception as exc:  # a sink must never lose an alert
             error = _as_delivery_error(exc, redact)
             delay = policy.delay(attempt, error)
             await on_attempt(

@@ -135,6 +135,11 @@ class S3Writer:
         """
         return await asyncio.to_thread(self._head_metadata_sync, key)
 
+    async def newest_key(self, prefix: str) -> str | None:
+        """The greatest key under `prefix` (keys carry zero-padded offsets, so the
+        greatest is the newest batch), or None when there is none."""
+        return await asyncio.to_thread(self._newest_key_sync, prefix)
+
     async def check(self, *, prefix: str = "") -> str:
         """Test connection: bucket reachable, region right, and a marker object written.
 
@@ -207,6 +212,22 @@ class S3Writer:
         except BotoCoreError as exc:
             raise self._classify(exc, "HeadObject", key) from exc
         return dict(response.get("Metadata", {}))
+
+    def _newest_key_sync(self, prefix: str) -> str | None:
+        client = self._get_client()
+        newest: str | None = None
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                for item in page.get("Contents", []):
+                    if newest is None or item["Key"] > newest:
+                        newest = item["Key"]
+        except ClientError as exc:
+            raise self._classify(exc, "ListObjectsV2", prefix) from exc
+        except BotoCoreError as exc:
+            raise self._classify(exc, "ListObjectsV2", prefix) from exc
+        return newest
 
     def _check_sync(self, prefix: str) -> str:
         client = self._get_client()

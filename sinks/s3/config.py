@@ -33,14 +33,15 @@ class S3Settings(BaseModel):
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if not _REGION.match(value):
+        if not _REGION.fullmatch(value):
             raise ValueError("region must be an AWS region such as us-east-1 or eu-west-1")
         return value
 
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
-        if not _BUCKET.match(value) or ".." in value or re.match(r"^\d+\.\d+\.\d+\.\d+$", value):
+        ip_like = re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value)
+        if not _BUCKET.fullmatch(value) or ".." in value or ip_like:
             raise ValueError(
                 "bucket name must be 3-63 lowercase letters, digits, dots and hyphens, "
                 "starting and ending with a letter or digit"

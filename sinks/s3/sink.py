@@ -1,10 +1,15 @@
 """S3 delivery: batches of alerts as (compressed) JSON-lines objects, each written once.
 
 An object is named from where its alerts came from (source partition and first offset)
-and created only if absent. When the name is taken, the object's metadata says up to
-which offset it already holds; only the alerts after that are written, as an object of
-their own. A re-delivery after a crash or a replay therefore never stores an alert twice
-in objects of the same layout, whatever the batch boundaries were.
+and created only if absent, with the last offset it holds in its metadata. The sink keeps,
+per integration and source partition, the highest offset already stored (learnt from the
+newest object the first time it writes there after a start) and drops records at or
+below it. A re-delivery after a crash therefore rewrites nothing, wherever its batch
+starts; and when a name is taken anyway, the object's metadata says what it holds and
+only the rest is written.
+
+Known limit (issue 5): the high-water mark is per UTC day of the batch, so a re-delivery
+that straddles midnight may store the alerts of the old day's last batch again.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class S3Sink(BatchingSink[S3Settings]):
     def __init__(self, ctx: SinkContext) -> None:
         self.limits = ctx.batch_limits
         self._writers: dict[str, S3Writer] = {}
+        # (integration key, source topic, partition, day) -> highest source offset stored
+        self._stored: dict[tuple[str, str, int, str], int] = {}
 
     def _writer(self, settings: S3Settings) -> S3Writer:
         secret = settings.secret_access_key.get_secret_value()
@@ -59,21 +66,43 @@ class S3Sink(BatchingSink[S3Settings]):
             )
         return writer
 
+    def _key(self, batch: Batch, settings: S3Settings, first_offset: int, codec: Codec) -> str:
+        return object_key(
+            prefix=settings.prefix,
+            tenant_id=batch.integration.tenant_id,
+            integration_id=batch.integration.integration_id,
+            day=batch.day,
+            topic=batch.topic,
+            partition=batch.partition,
+            first_offset=first_offset,
+            codec=codec,
+        )
+
+    async def _stored_up_to(
+        self, writer: S3Writer, batch: Batch, settings: S3Settings, codec: Codec
+    ) -> int:
+        mark = (batch.integration.key, batch.topic, batch.partition, batch.day.isoformat())
+        stored = self._stored.get(mark)
+        if stored is None:
+            # Everything up to the '+' before the offset: the objects of this partition.
+            prefix = self._key(batch, settings, 0, codec).rsplit("+", 1)[0] + "+"
+            newest = await writer.newest_key(prefix)
+            meta = (await writer.head_metadata(newest) or {}) if newest else {}
+            stored = int(meta.get("alertrelay-last-offset", -1))
+            self._stored[mark] = stored
+        return stored
+
+    def _remember(self, batch: Batch, last_offset: int) -> None:
+        mark = (batch.integration.key, batch.topic, batch.partition, batch.day.isoformat())
+        self._stored[mark] = max(self._stored.get(mark, -1), last_offset)
+
     async def write(self, batch: Batch, settings: S3Settings) -> int | None:
         writer = self._writer(settings)
         codec = get_codec(settings.compression)
-        records = batch.records
+        stored = await self._stored_up_to(writer, batch, settings, codec)
+        records = [r for r in batch.records if r.source_offset > stored]
         while records:
-            key = object_key(
-                prefix=settings.prefix,
-                tenant_id=batch.integration.tenant_id,
-                integration_id=batch.integration.integration_id,
-                day=batch.day,
-                topic=batch.topic,
-                partition=batch.partition,
-                first_offset=records[0].source_offset,
-                codec=codec,
-            )
+            key = self._key(batch, settings, records[0].source_offset, codec)
             body = await asyncio.to_thread(encode_batch, records, codec)
             metadata = {
                 "alertrelay-first-offset": str(records[0].source_offset),
@@ -88,8 +117,11 @@ class S3Sink(BatchingSink[S3Settings]):
                 metadata=metadata,
             )
             if created:
+                self._remember(batch, records[-1].source_offset)
                 return 200
-            existing = await writer.head_metadata(key) or {}
+            existing = await writer.head_metadata(key)
+            if existing is None:
+                continue  # removed since the 412: try again
             try:
                 held_up_to = int(existing["alertrelay-last-offset"])
             except (KeyError, ValueError):
@@ -97,6 +129,7 @@ class S3Sink(BatchingSink[S3Settings]):
                     f"object {key} exists and was not written by alertrelay; "
                     "refusing to overwrite it"
                 ) from None
+            self._remember(batch, held_up_to)
             records = [r for r in records if r.source_offset > held_up_to]
         return 200
 

@@ -22,7 +22,7 @@ class Header(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str) -> str:
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             raise ValueError("header name may only contain letters, digits and !#$%&'*+-.^_`|~")
         if name.lower() in _RESERVED:
             raise ValueError(f"header {name!r} is set by alertrelay and cannot be overridden")
@@ -63,11 +63,21 @@ class WebhookSettings(BaseModel):
     @classmethod
     def _http_url(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value().strip()
-        if not re.match(r"^https?://[^/\s?#]+(/[^\s]*)?$", url, re.IGNORECASE):
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s]*)?", url, re.IGNORECASE):
             raise ValueError("webhook URL must be an absolute http:// or https:// URL")
         if len(url) > 4096:
             raise ValueError("webhook URL is longer than 4096 characters")
         return SecretStr(url)
+
+    @field_validator("client_certificate")
+    @classmethod
+    def _loadable_pem(cls, value: SecretStr | None) -> SecretStr | None:
+        """Loading it is the only honest check that certificate and key belong together."""
+        if value is not None:
+            from sinks.http import mtls_ssl_context
+
+            mtls_ssl_context(value.get_secret_value())
+        return value
 
     @field_validator("headers")
     @classmethod

@@ -10,6 +10,7 @@ import orjson
 
 from schemas.models import Delivery, IntegrationConfig
 from sinks.base import PerAlertSink, test_delivery
+from sinks.errors import PermanentError
 from sinks.http import (
     Redactor,
     build_client,
@@ -77,9 +78,11 @@ class WebhookSink(PerAlertSink[WebhookSettings]):
         redact = Redactor(self.secrets(settings))
         what = f"webhook {redact_url(url)}"
         try:
-            response = await self._client_for(settings).request(
-                method, url, headers=headers, content=body
-            )
+            client = self._client_for(settings)
+        except ValueError as exc:  # an unusable certificate will not get better
+            raise PermanentError(f"client certificate: {redact(str(exc))}") from None
+        try:
+            response = await client.request(method, url, headers=headers, content=body)
         except httpx.HTTPError as exc:
             raise classify_exception(exc, redact=redact, what=what) from None
         classify_response(response, redact=redact, what=what)

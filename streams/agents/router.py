@@ -35,14 +35,23 @@ def _header_items(headers: Any) -> list[tuple[str, bytes]]:
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
-def _source_of(msg: Any) -> tuple[str, int, int] | None:
-    """The original location of an alert that took the by-tenant detour."""
+def _source_of(msg: Any, detour_topic: str) -> tuple[str, int, int] | None:
+    """The original location of an alert that took the by-tenant detour.
+
+    Only trusted on the internal detour topic: on the alerts topic the header could be
+    anything a producer chose to send.
+    """
+    if msg.topic != detour_topic:
+        return None
     for name, value in _header_items(msg.headers):
         if name == SOURCE_HEADER and value:
-            topic, _, rest = value.decode().rpartition("/")
-            topic, _, partition = topic.rpartition("/")
-            return topic, int(partition), int(rest)
-    return None
+            try:
+                topic, _, offset = value.decode().rpartition("/")
+                topic, _, partition = topic.rpartition("/")
+                return topic, int(partition), int(offset)
+            except (UnicodeDecodeError, ValueError):
+                break
+    return msg.topic, msg.partition, msg.offset
 
 
 def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> list[dict[str, Any]]:
@@ -87,6 +96,8 @@ def make_router(
             )
         )
 
+    detour = topics.alerts_by_tenant.get_topic_name()
+
     async def route(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             msg = event.message
@@ -96,7 +107,7 @@ def make_router(
                 await dead(event, str(exc))
                 continue
             home = tenant_partition(alert.tenant_id, partitions)
-            source = _source_of(msg)
+            source = _source_of(msg, detour)
             if msg.partition != home and source is None:
                 # Produced with another partitioner: send it to where its configs are,
                 # remembering where it came from (that, not the detour, names it).

@@ -223,11 +223,6 @@ async def test_larger_batch_writes_only_the_new_alerts(sink: S3Sink, bucket: str
     assert objects(bucket) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sinks/s3/sink.py write: only the key of the batch's first offset is checked, "
-    "so a re-delivery starting inside an existing object stores its alerts again",
-)
 async def test_batch_starting_inside_an_existing_object_stores_nothing_twice(
     sink: S3Sink, bucket: str
 ) -> None:
