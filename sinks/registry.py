@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -44,11 +47,27 @@ class ConfigError(ValueError):
         super().__init__("; ".join(f"{field}: {reason}" for field, reason in errors))
 
 
-def _settings_models() -> dict[str, type[BaseModel]]:
-    from sinks.s3.config import S3Settings
-    from sinks.webhook.config import WebhookSettings
+@cache
+def _packages() -> dict[str, ModuleType]:
+    """Each type with a package `sinks.<type>` exporting SETTINGS and SINK is available.
 
-    return {"webhook": WebhookSettings, "s3": S3Settings}
+    A new integration is a new package: nothing here changes.
+    """
+    found = {}
+    for kind in ALL_TYPES:
+        try:
+            module = importlib.import_module(f"sinks.{kind}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sinks.{kind}":
+                raise
+            continue
+        if hasattr(module, "SETTINGS") and hasattr(module, "SINK"):
+            found[kind] = module
+    return found
+
+
+def _settings_models() -> dict[str, type[BaseModel]]:
+    return {kind: module.SETTINGS for kind, module in _packages().items()}
 
 
 def available_types() -> list[str]:
@@ -116,7 +135,4 @@ class SinkContext:
 
 
 def build_sinks(ctx: SinkContext) -> dict[str, Sink[Any]]:
-    from sinks.s3.sink import S3Sink
-    from sinks.webhook.sink import WebhookSink
-
-    return {"webhook": WebhookSink(ctx), "s3": S3Sink(ctx)}
+    return {kind: module.SINK(ctx) for kind, module in _packages().items()}

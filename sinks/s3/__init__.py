@@ -1,7 +1,6 @@
-"""The S3 destination: batches of alerts as JSON Lines objects in a customer's bucket."""
+"""AWS S3: batches of alerts as compressed JSON-lines objects, each written once."""
 
-from __future__ import annotations
+from sinks.s3.config import S3Settings as SETTINGS
+from sinks.s3.sink import S3Sink as SINK
 
-from sinks.s3.client import S3Writer
-
-__all__ = ["S3Writer"]
+__all__ = ["SETTINGS", "SINK"]
