@@ -25,6 +25,9 @@ def create_app(settings: Settings, partitions: int) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval,
+        # A crashed worker's partitions move to the others after this long.
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout / 3),
         producer_acks=-1,
         producer_linger_ms=5,
         stream_wait_empty=False,

@@ -51,6 +51,7 @@ class Settings:
     take_within: float = 0.02
     per_integration_concurrency: int = 4
     commit_interval: float = 1.0
+    session_timeout: float = 10.0
     log_level: str = "info"
 
     @classmethod
@@ -82,6 +83,7 @@ class Settings:
                 "ALERTRELAY_PER_INTEGRATION_CONCURRENCY", cls.per_integration_concurrency
             ),
             commit_interval=_float("ALERTRELAY_COMMIT_INTERVAL", cls.commit_interval),
+            session_timeout=_float("ALERTRELAY_SESSION_TIMEOUT", cls.session_timeout),
             log_level=_env("ALERTRELAY_LOG_LEVEL", cls.log_level),
         )
 
