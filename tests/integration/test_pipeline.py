@@ -230,7 +230,15 @@ def test_permanent_error_goes_to_dlq_without_secrets(
         min_count=1,
         until=lambda rs: any(r["alert_id"] == "dead-1" for r in rs),
     )
-    for text in (json.dumps(records), json.dumps(statuses), worker.log_tail(400)):
+    metrics = worker.metrics()
+    assert 'alertrelay_delivery_attempts_total{outcome="dead_lettered",type="webhook"}' in metrics
+    assert 'alertrelay_delivery_attempts_total{outcome="delivered",type="webhook"}' in metrics
+    assert 'alertrelay_dead_letters_total{stage="deliver",type="webhook"}' in metrics
+    assert 'alertrelay_delivery_attempt_seconds_bucket{le="0.1",type="webhook"}' in metrics
+    assert 'alertrelay_end_to_end_seconds_count{type="webhook"}' in metrics
+    health = worker.health() or {}
+    assert health["status"] == "ok" and health["recovered"] is True
+    for text in (json.dumps(records), json.dumps(statuses), worker.log_tail(400), metrics):
         assert "SECRETTOKEN0123456789" not in text
         assert "TOPSECRETVALUE" not in text
 
