@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -55,8 +56,9 @@ class Sink(ABC, Generic[S]):
     kind: ClassVar[Literal["per_alert", "batching"]]
     settings_model: type[S]
 
-    def parse_settings(self, integration: IntegrationConfig) -> S:
-        return self.settings_model.model_validate(integration.settings)
+    def parse_settings(self, settings: Mapping[str, Any]) -> S:
+        """Validate settings whose sealed secrets were already opened (sinks.secretbox)."""
+        return self.settings_model.model_validate(settings)
 
     def secrets(self, settings: S) -> list[str]:
         return collect_secrets(settings)

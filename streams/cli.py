@@ -30,7 +30,13 @@ def worker() -> None:
     from streams.pipeline import build_pipeline
     from streams.topics import prepare_topics
 
+    from sinks.secretbox import SecretBox, SecretBoxError
+
     settings = Settings.from_env()
+    try:
+        box = SecretBox.from_env()
+    except SecretBoxError as exc:
+        raise SystemExit(f"alertrelay worker: {exc}") from None
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -39,7 +45,7 @@ def worker() -> None:
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     partitions = prepare_topics(settings, available_types())
-    pipeline = build_pipeline(settings, partitions)
+    pipeline = build_pipeline(settings, partitions, box)
     click.echo(
         f"alertrelay worker: broker {settings.bootstrap_servers}, {partitions} partitions, "
         f"sinks {', '.join(sorted(pipeline.sinks))}, http://{settings.web_host}:"
@@ -47,6 +53,24 @@ def worker() -> None:
         err=True,
     )
     faust.Worker(pipeline.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@main.group()
+def keys() -> None:
+    """Secret keys that seal integration secrets at rest."""
+
+
+@keys.command("generate")
+@click.option("--id", "kid", default="k1", show_default=True, help="key id (for rotation)")
+def keys_generate(kid: str) -> None:
+    """Print a new key entry for ALERTRELAY_SECRET_KEYS.
+
+    To rotate, put the new entry first and keep the old ones after it, comma-separated:
+    the first key seals, every key opens.
+    """
+    from sinks.secretbox import generate_key_spec
+
+    click.echo(generate_key_spec(kid))
 
 
 if __name__ == "__main__":

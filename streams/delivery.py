@@ -17,10 +17,11 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.codec import format_errors
 from schemas.models import DeadLetter, Delivery, DeliveryStatus, Outcome
-from sinks.base import Batch, BatchingSink, PerAlertSink
+from sinks.base import Batch, BatchingSink, PerAlertSink, Sink
 from sinks.errors import DeliveryError, PermanentError, RetryableError
 from sinks.http import Redactor
 from sinks.retry import RetryPolicy
+from sinks.secretbox import SecretBox, SecretBoxError
 from streams import metrics
 
 __all__ = ["BatchRunner", "DeliveryRunner", "Reporter", "dead_letter_for"]
@@ -97,19 +98,22 @@ class _Prepared:
 
 
 class _SettingsCache:
-    """Parsed settings per (integration, config version): parsing is not per alert."""
+    """Opened and parsed settings per (integration, config version): not per alert."""
 
-    def __init__(self, parse: Callable[[Delivery], BaseModel], secrets: Callable[[Any], list[str]]):
-        self._parse = parse
-        self._secrets = secrets
+    def __init__(self, sink: Sink[Any], box: SecretBox) -> None:
+        self._sink = sink
+        self._box = box
         self._cache: dict[tuple[str, int], _Prepared] = {}
 
     def get(self, delivery: Delivery) -> _Prepared:
+        """Raises ValidationError or SecretBoxError when the settings are unusable."""
         key = (delivery.integration.key, delivery.config_version)
         prepared = self._cache.get(key)
         if prepared is None:
-            settings = self._parse(delivery)
-            prepared = _Prepared(settings, Redactor(self._secrets(settings)))
+            integration = delivery.integration
+            opened = self._box.open_settings(integration.settings, integration.key)
+            settings = self._sink.parse_settings(opened)
+            prepared = _Prepared(settings, Redactor(self._sink.secrets(settings)))
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key] = prepared
@@ -151,6 +155,7 @@ class DeliveryRunner:
         sink: PerAlertSink[Any],
         policy: RetryPolicy,
         reporter: Reporter,
+        box: SecretBox,
         per_integration_concurrency: int = 4,
     ) -> None:
         self.sink = sink
@@ -158,7 +163,7 @@ class DeliveryRunner:
         self.reporter = reporter
         self._limit = per_integration_concurrency
         self._gates: dict[str, asyncio.Semaphore] = {}
-        self._settings = _SettingsCache(lambda d: sink.parse_settings(d.integration), sink.secrets)
+        self._settings = _SettingsCache(sink, box)
 
     def _gate(self, integration_key: str) -> asyncio.Semaphore:
         gate = self._gates.get(integration_key)
@@ -175,6 +180,10 @@ class DeliveryRunner:
             prepared = self._settings.get(delivery)
         except ValidationError as exc:
             reason = f"invalid {kind} settings: {format_errors(exc)}"
+            await self._dead(delivery, reason, 0)
+            return Outcome.DEAD_LETTERED
+        except SecretBoxError as exc:
+            reason = f"cannot open the {kind} settings' secrets: {exc}"
             await self._dead(delivery, reason, 0)
             return Outcome.DEAD_LETTERED
         sink, settings = self.sink, prepared.settings
@@ -220,11 +229,13 @@ class DeliveryRunner:
 class BatchRunner:
     """Writes one batch through a batching sink under the retry policy."""
 
-    def __init__(self, sink: BatchingSink[Any], policy: RetryPolicy, reporter: Reporter) -> None:
+    def __init__(
+        self, sink: BatchingSink[Any], policy: RetryPolicy, reporter: Reporter, box: SecretBox
+    ) -> None:
         self.sink = sink
         self.policy = policy
         self.reporter = reporter
-        self._settings = _SettingsCache(lambda d: sink.parse_settings(d.integration), sink.secrets)
+        self._settings = _SettingsCache(sink, box)
 
     async def write(self, batch: Batch) -> Outcome:
         kind = batch.integration.type
@@ -232,10 +243,9 @@ class BatchRunner:
         attempts = 0
         try:
             prepared = self._settings.get(head)
-        except ValidationError as exc:
-            error: DeliveryError | None = PermanentError(
-                f"invalid {kind} settings: {format_errors(exc)}"
-            )
+        except (ValidationError, SecretBoxError) as exc:
+            detail = format_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+            error: DeliveryError | None = PermanentError(f"unusable {kind} settings: {detail}")
         else:
             sink, settings = self.sink, prepared.settings
 

@@ -11,6 +11,7 @@ from faust.types import TableT
 
 from sinks.base import BatchingSink, PerAlertSink, Sink
 from sinks.registry import SinkContext, build_sinks
+from sinks.secretbox import SecretBox
 from streams.agents.config import make_config_agents
 from streams.agents.router import make_router
 from streams.agents.sinks import BatchingAgent, make_per_alert_agent
@@ -32,9 +33,10 @@ class Pipeline:
     topics: Topics
     table: TableT
     sinks: dict[str, Sink[Any]]
+    box: SecretBox
 
 
-def build_pipeline(settings: Settings, partitions: int) -> Pipeline:
+def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipeline:
     app = create_app(settings, partitions)
     ctx = SinkContext.from_env(settings.batch_limits)
     sinks = build_sinks(ctx)
@@ -42,7 +44,7 @@ def build_pipeline(settings: Settings, partitions: int) -> Pipeline:
     table = declare_config_table(app, partitions)
     reporter = KafkaReporter(topics.status, topics.dlq)
 
-    intake, apply = make_config_agents(topics, table, reporter)
+    intake, apply = make_config_agents(topics, table, reporter, box)
     app.agent(topics.integrations, name="config-intake")(intake)
     app.agent(topics.configs_by_tenant, name="config-apply")(apply)
     app.agent(topics.alerts, name="router")(
@@ -52,10 +54,10 @@ def build_pipeline(settings: Settings, partitions: int) -> Pipeline:
     batching: list[BatchingAgent] = []
     for kind, sink in sinks.items():
         if isinstance(sink, PerAlertSink):
-            agent = make_per_alert_agent(sink, settings, reporter)
+            agent = make_per_alert_agent(sink, settings, reporter, box)
             app.agent(topics.delivery[kind], name=f"sink-{kind}")(agent)
         elif isinstance(sink, BatchingSink):
-            holder = BatchingAgent(sink, settings, reporter)
+            holder = BatchingAgent(sink, settings, reporter, box)
             batching.append(holder)
             app.agent(topics.delivery[kind], name=f"sink-{kind}")(holder.agent)
             app.timer(min(1.0, max(0.05, sink.limits.max_age / 4)), name=f"flush-{kind}")(
@@ -68,4 +70,4 @@ def build_pipeline(settings: Settings, partitions: int) -> Pipeline:
             holder.on_revoked(revoked)
 
     register_views(app, table)
-    return Pipeline(app=app, topics=topics, table=table, sinks=sinks)
+    return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box)

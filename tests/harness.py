@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# One key for the whole session: workers restarted in a test must open what others sealed.
+TEST_SECRET_KEYS = "test1:" + "dGVzdC1rZXktZm9yLWFsZXJ0cmVsYXktdGVzdHMtMDE="
 
 __all__ = [
+    "TEST_SECRET_KEYS",
     "TopicSet",
     "WorkerProcess",
     "consume",
@@ -89,6 +92,7 @@ class WorkerProcess:
             "ALERTRELAY_EGRESS_ALLOW": "127.0.0.1/32",
             "ALERTRELAY_COMMIT_INTERVAL": "0.5",
             "PYTHONUNBUFFERED": "1",
+            "ALERTRELAY_SECRET_KEYS": TEST_SECRET_KEYS,
             **topics.env(),
             **(env or {}),
         }

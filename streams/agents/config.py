@@ -18,6 +18,7 @@ from faust.types import EventT, StreamT, TableT
 
 from schemas.models import DeadLetter
 from sinks.registry import ConfigError, validate_integration
+from sinks.secretbox import SecretBox, SecretBoxError
 from streams import metrics
 from streams.delivery import Reporter
 from streams.topics import Topics
@@ -33,8 +34,10 @@ log = logging.getLogger(__name__)
 def apply_change(current: dict[str, Any] | None, change: dict[str, Any]) -> dict[str, Any] | None:
     """The tenant's new table value, or None when the change changes nothing.
 
-    A write applies only with a version above the one held; a delete always applies and
-    keeps the version it deleted, so an older write arriving late cannot resurrect it.
+    A versioned write applies only with a version above the one held; an unversioned
+    write (a producer that does not count) always applies, as the next version. A delete
+    always applies and keeps the version it deleted, so an older write arriving late
+    cannot resurrect it.
     """
     entries = dict(current or {})
     iid = change["integration_id"]
@@ -44,10 +47,14 @@ def apply_change(current: dict[str, Any] | None, change: dict[str, Any]) -> dict
             return None
         entries[iid] = {"version": old["version"], "config": None}
         return entries
-    version = int(change["version"])
-    if old is not None and version <= int(old["version"]):
-        return None
-    entries[iid] = {"version": version, "config": change["config"]}
+    held = int(old["version"]) if old is not None else 0
+    if change.get("version") is None:
+        version = held + 1
+    else:
+        version = int(change["version"])
+        if old is not None and version <= held:
+            return None
+    entries[iid] = {"version": version, "config": {**change["config"], "version": version}}
     return entries
 
 
@@ -64,7 +71,9 @@ def _split_key(key: bytes | None) -> tuple[str, str] | None:
     return tenant, iid
 
 
-def make_config_agents(topics: Topics, table: TableT, reporter: Reporter) -> tuple[Any, Any]:
+def make_config_agents(
+    topics: Topics, table: TableT, reporter: Reporter, box: SecretBox
+) -> tuple[Any, Any]:
     async def reject(event: EventT, reason: str, tenant: str | None, iid: str | None) -> None:
         msg = event.message
         metrics.DLQ.labels("-", "config").inc()
@@ -108,7 +117,10 @@ def make_config_agents(topics: Topics, table: TableT, reporter: Reporter) -> tup
                     data = orjson.loads(msg.value)
                     if not isinstance(data, dict):
                         raise ConfigError([("(config)", "must be a JSON object")])
-                    config, _ = validate_integration(data)
+                    raw = data.get("settings")
+                    if isinstance(raw, dict):  # the API seals secrets; a producer may not
+                        data = {**data, "settings": box.open_settings(raw, f"{tenant}/{iid}")}
+                    config, settings = validate_integration(data)
                     if (config.tenant_id, config.integration_id) != (tenant, iid):
                         raise ConfigError(
                             [("(key)", "key does not match tenant_id/integration_id")]
@@ -119,11 +131,13 @@ def make_config_agents(topics: Topics, table: TableT, reporter: Reporter) -> tup
                 except ConfigError as exc:
                     await reject(event, f"invalid integration config: {exc}", tenant, iid)
                     continue
+                except SecretBoxError as exc:
+                    await reject(event, f"cannot open sealed settings: {exc}", tenant, iid)
+                    continue
                 stored = config.model_dump(mode="json")
-                stored["settings"] = data.get("settings", {})  # as given: secrets intact
-                version = config.version if config.version is not None else msg.offset
-                stored["version"] = version
-                change = {"integration_id": iid, "version": version, "config": stored}
+                # From here on (table, changelog, delivery topics) secrets stay sealed.
+                stored["settings"] = box.seal_settings(settings, config.key)
+                change = {"integration_id": iid, "version": config.version, "config": stored}
             topics.configs_by_tenant.send_soon(
                 key=tenant.encode(), value=orjson.dumps(change), force=True
             )

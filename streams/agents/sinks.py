@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from schemas.codec import format_errors
 from schemas.models import DeadLetter, Delivery
 from sinks.base import BatchingSink, PerAlertSink
+from sinks.secretbox import SecretBox
 from streams import metrics
 from streams.batcher import Batcher, Pending
 from streams.delivery import BatchRunner, DeliveryRunner, Reporter, dead_letter_for
@@ -81,12 +82,14 @@ def make_per_alert_agent(sink: PerAlertSink[Any], settings: Settings, reporter: 
 class BatchingAgent:
     """Buffers deliveries per integration and writes them when a limit is reached."""
 
-    def __init__(self, sink: BatchingSink[Any], settings: Settings, reporter: Reporter) -> None:
+    def __init__(
+        self, sink: BatchingSink[Any], settings: Settings, reporter: Reporter, box: SecretBox
+    ) -> None:
         self.sink = sink
         self.settings = settings
         self.reporter = reporter
         self.batcher = Batcher(sink.limits)
-        self.runner = BatchRunner(sink, settings.retry, reporter)
+        self.runner = BatchRunner(sink, settings.retry, reporter, box)
         self.topic_name = settings.delivery_topic(sink.type_name)
 
     async def agent(self, stream: StreamT[Any]) -> None:

@@ -103,6 +103,30 @@ def put_configs(
     raise AssertionError(f"worker never held the {len(configs)} new configs")
 
 
+def raw_values(bootstrap: str, topic: str) -> list[bytes]:
+    """Every value of a topic as stored on the broker."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{time.time()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    idle = time.monotonic() + 5
+    while time.monotonic() < idle:
+        msg = consumer.poll(0.3)
+        if msg is not None and msg.error() is None:
+            values.append(msg.value() or b"")
+            idle = time.monotonic() + 2
+    consumer.close()
+    return values
+
+
 def ids(requests: list[Any]) -> set[str]:
     return {r.json()["alert_id"] for r in requests}
 
@@ -238,7 +262,17 @@ def test_permanent_error_goes_to_dlq_without_secrets(
     assert 'alertrelay_end_to_end_seconds_count{type="webhook"}' in metrics
     health = worker.health() or {}
     assert health["status"] == "ok" and health["recovered"] is True
-    for text in (json.dumps(records), json.dumps(statuses), worker.log_tail(400), metrics):
+    stored = raw_values(kafka_bootstrap, f"{topics.app_id}-configs-changelog") + raw_values(
+        kafka_bootstrap, f"{topics.app_id}-deliver-webhook"
+    )
+    assert any(b"broken" in v for v in stored)  # the config is there, its secrets sealed
+    for text in (
+        json.dumps(records),
+        json.dumps(statuses),
+        worker.log_tail(400),
+        metrics,
+        repr(stored),
+    ):
         assert "SECRETTOKEN0123456789" not in text
         assert "TOPSECRETVALUE" not in text
 

@@ -29,6 +29,7 @@ from sinks.base import Batch, BatchingSink, PerAlertSink
 from sinks.errors import PermanentError, RetryableError
 from sinks.retry import RetryPolicy
 from sinks.webhook.config import WebhookSettings
+from sinks.secretbox import SecretBox, generate_key_spec
 from streams.delivery import BatchRunner, DeliveryRunner
 
 URL_SECRET = "T0001-B0002-xoxb-very-secret-path"
@@ -36,6 +37,7 @@ WEBHOOK_URL = f"https://hooks.example.com/services/{URL_SECRET}"
 HEADER_SECRET = "hdr-secret-4f9a8b7c6d5e"
 BUCKET_SECRET = "bucket-credential-0123456789abcdef"
 
+BOX = SecretBox.parse(generate_key_spec())
 POLICY = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.005, jitter=0.1)
 
 
@@ -160,7 +162,7 @@ def assert_secret_free(*texts: str | None) -> None:
 async def test_retryable_then_success_is_delivered() -> None:
     sink = FakeWebhook(*[fail(lambda: RetryableError("busy", status=503))] * 3, ok(200))
     reporter = Recorder()
-    outcome = await DeliveryRunner(sink, POLICY, reporter).deliver(make_delivery())
+    outcome = await DeliveryRunner(sink, POLICY, reporter, BOX).deliver(make_delivery())
     assert outcome == Outcome.DELIVERED
     assert len(sink.calls) == 4
     assert reporter.outcomes() == ["retrying"] * 3 + ["delivered"]
@@ -177,7 +179,7 @@ async def test_permanent_error_is_dead_lettered_after_one_attempt() -> None:
     sink = FakeWebhook(fail(lambda: PermanentError("rejected: missing field title", status=400)))
     reporter = Recorder()
     delivery = make_delivery()
-    outcome = await DeliveryRunner(sink, POLICY, reporter).deliver(delivery)
+    outcome = await DeliveryRunner(sink, POLICY, reporter, BOX).deliver(delivery)
     assert outcome == Outcome.DEAD_LETTERED
     assert len(sink.calls) == 1
     assert reporter.outcomes() == ["dead_lettered"]
@@ -203,7 +205,7 @@ async def test_permanent_error_is_dead_lettered_after_one_attempt() -> None:
 async def test_unexpected_exception_is_retried_then_dead_lettered() -> None:
     sink = FakeWebhook(default=fail(lambda: RuntimeError("boom")))
     reporter = Recorder()
-    outcome = await DeliveryRunner(sink, POLICY, reporter).deliver(make_delivery())
+    outcome = await DeliveryRunner(sink, POLICY, reporter, BOX).deliver(make_delivery())
     assert outcome == Outcome.DEAD_LETTERED
     assert len(sink.calls) == POLICY.max_attempts
     assert reporter.outcomes() == ["retrying"] * (POLICY.max_attempts - 1) + ["dead_lettered"]
@@ -215,7 +217,7 @@ async def test_unexpected_exception_is_retried_then_dead_lettered() -> None:
 async def test_retry_after_is_waited() -> None:
     sink = FakeWebhook(fail(lambda: RetryableError("slow down", status=429, retry_after=0.3)))
     reporter = Recorder()
-    outcome = await DeliveryRunner(sink, POLICY, reporter).deliver(make_delivery())
+    outcome = await DeliveryRunner(sink, POLICY, reporter, BOX).deliver(make_delivery())
     assert outcome == Outcome.DELIVERED
     (_, first), (_, second) = sink.calls
     assert second - first >= 0.3
@@ -234,7 +236,7 @@ async def test_secrets_in_error_messages_are_redacted(
 ) -> None:
     sink = FakeWebhook(default=fail(make_error))
     reporter = Recorder()
-    await DeliveryRunner(sink, POLICY, reporter).deliver(make_delivery())
+    await DeliveryRunner(sink, POLICY, reporter, BOX).deliver(make_delivery())
     assert reporter.statuses
     assert_secret_free(*(s.error for s in reporter.statuses))
     (dead,) = reporter.dead_letters
@@ -244,7 +246,7 @@ async def test_secrets_in_error_messages_are_redacted(
 
 async def test_concurrency_is_limited_per_integration() -> None:
     sink = FakeWebhook(delay=0.01)
-    runner = DeliveryRunner(sink, POLICY, Recorder(), per_integration_concurrency=2)
+    runner = DeliveryRunner(sink, POLICY, Recorder(), BOX, per_integration_concurrency=2)
     outcomes = await runner.deliver_many([make_delivery(f"a{i}", i) for i in range(20)])
     assert outcomes == [Outcome.DELIVERED] * 20
     assert sink.max_in_flight["int-1"] == 2
@@ -253,7 +255,7 @@ async def test_concurrency_is_limited_per_integration() -> None:
 async def test_integrations_proceed_independently() -> None:
     sink = FakeWebhook(delay=0.005)
     sink.blocked["stuck"] = asyncio.Event()
-    runner = DeliveryRunner(sink, POLICY, Recorder(), per_integration_concurrency=2)
+    runner = DeliveryRunner(sink, POLICY, Recorder(), BOX, per_integration_concurrency=2)
     stuck = asyncio.create_task(
         runner.deliver_many([make_delivery(f"s{i}", i, integration_id="stuck") for i in range(5)])
     )
@@ -270,7 +272,7 @@ async def test_integrations_proceed_independently() -> None:
 
 async def test_waiting_for_a_retry_does_not_hold_a_slot() -> None:
     sink = FakeWebhook(fail(lambda: RetryableError("slow down", retry_after=0.3)))
-    runner = DeliveryRunner(sink, POLICY, Recorder(), per_integration_concurrency=1)
+    runner = DeliveryRunner(sink, POLICY, Recorder(), BOX, per_integration_concurrency=1)
     started = time.monotonic()
     await runner.deliver_many([make_delivery("a", 0), make_delivery("b", 1)])
     (first, _), (second, t_second), (third, _) = sink.calls
@@ -282,7 +284,7 @@ async def test_invalid_settings_are_dead_lettered_without_attempts() -> None:
     sink = FakeWebhook()
     reporter = Recorder()
     delivery = make_delivery(settings={"webhook_url": f"ftp://x/{URL_SECRET}", "method": "DELETE"})
-    outcome = await DeliveryRunner(sink, POLICY, reporter).deliver(delivery)
+    outcome = await DeliveryRunner(sink, POLICY, reporter, BOX).deliver(delivery)
     assert outcome == Outcome.DEAD_LETTERED
     assert sink.calls == []
     assert reporter.statuses == []
@@ -344,7 +346,7 @@ def make_batch(count: int = 3, settings: dict[str, Any] | None = None) -> Batch:
 async def test_batch_retried_then_written() -> None:
     sink = FakeBucket(*[fail(lambda: RetryableError("throttled", status=503))] * 2, ok(200))
     reporter = Recorder()
-    outcome = await BatchRunner(sink, POLICY, reporter).write(make_batch(3))
+    outcome = await BatchRunner(sink, POLICY, reporter, BOX).write(make_batch(3))
     assert outcome == Outcome.DELIVERED
     assert sink.writes == [[0, 1, 2]] * 3
     # one status per record per attempt
@@ -356,7 +358,7 @@ async def test_batch_retried_then_written() -> None:
 async def test_batch_permanent_error_dead_letters_every_record() -> None:
     sink = FakeBucket(fail(lambda: PermanentError(f"denied with {BUCKET_SECRET}", status=403)))
     reporter = Recorder()
-    outcome = await BatchRunner(sink, POLICY, reporter).write(make_batch(3))
+    outcome = await BatchRunner(sink, POLICY, reporter, BOX).write(make_batch(3))
     assert outcome == Outcome.DEAD_LETTERED
     assert len(sink.writes) == 1
     assert sorted(d.alert_id or "" for d in reporter.dead_letters) == [
@@ -375,7 +377,7 @@ async def test_batch_permanent_error_dead_letters_every_record() -> None:
 async def test_batch_unexpected_exception_is_never_lost() -> None:
     sink = FakeBucket(default=fail(lambda: OSError("disk full")))
     reporter = Recorder()
-    outcome = await BatchRunner(sink, POLICY, reporter).write(make_batch(2))
+    outcome = await BatchRunner(sink, POLICY, reporter, BOX).write(make_batch(2))
     assert outcome == Outcome.DEAD_LETTERED
     assert len(sink.writes) == POLICY.max_attempts
     assert len(reporter.dead_letters) == 2
@@ -386,7 +388,7 @@ async def test_batch_invalid_settings_dead_letters_without_attempts() -> None:
     sink = FakeBucket()
     reporter = Recorder()
     batch = make_batch(2, settings={"credential": BUCKET_SECRET})  # bucket missing
-    outcome = await BatchRunner(sink, POLICY, reporter).write(batch)
+    outcome = await BatchRunner(sink, POLICY, reporter, BOX).write(batch)
     assert outcome == Outcome.DEAD_LETTERED
     assert sink.writes == []
     assert len(reporter.dead_letters) == 2

@@ -135,7 +135,7 @@ async def sink() -> AsyncIterator[WebhookSink]:
 
 async def _send(sink: WebhookSink, raw: dict[str, Any]) -> int | None:
     delivery = make_delivery(raw)
-    return await sink.send(delivery, sink.parse_settings(delivery.integration))
+    return await sink.send(delivery, sink.parse_settings(delivery.integration.settings))
 
 
 async def test_send_200(sink: WebhookSink, receiver: WebhookReceiver, path: str) -> None:
@@ -208,7 +208,7 @@ async def test_check_sends_a_labelled_test_alert(
 ) -> None:
     raw = settings_for(receiver.url + path)
     integration = make_integration(raw)
-    detail = await sink.check(integration, sink.parse_settings(integration))
+    detail = await sink.check(integration, sink.parse_settings(integration.settings))
     assert "200" in detail
     (request,) = receiver.received(path)
     body = request.json()
