@@ -121,13 +121,12 @@ class SecretBox:
 
     def seal_settings(self, settings: BaseModel, scope: str) -> dict[str, Any]:
         """The settings as JSON, every SecretStr sealed (bound to `scope` and its path)."""
-        return _seal_walk(settings.model_dump(mode="python"), self, scope, "settings")
+        dumped = settings.model_dump(mode="python")
+        return {k: _seal_walk(v, self, scope, f"settings.{k}") for k, v in dumped.items()}
 
     def open_settings(self, data: Mapping[str, Any], scope: str) -> dict[str, Any]:
         """The stored settings with every sealed value opened, ready for validation."""
-        opened = _open_walk(data, self, scope, "settings")
-        assert isinstance(opened, dict)
-        return opened
+        return {k: _open_walk(v, self, scope, f"settings.{k}") for k, v in data.items()}
 
 
 def _seal_walk(value: Any, box: SecretBox, scope: str, path: str) -> Any:

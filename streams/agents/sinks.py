@@ -54,8 +54,12 @@ async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | Non
     return None
 
 
-def make_per_alert_agent(sink: PerAlertSink[Any], settings: Settings, reporter: Reporter) -> Any:
-    runner = DeliveryRunner(sink, settings.retry, reporter, settings.per_integration_concurrency)
+def make_per_alert_agent(
+    sink: PerAlertSink[Any], settings: Settings, reporter: Reporter, box: SecretBox
+) -> Any:
+    runner = DeliveryRunner(
+        sink, settings.retry, reporter, box, settings.per_integration_concurrency
+    )
     kind = sink.type_name
 
     async def deliver_one(delivery: Delivery) -> None:

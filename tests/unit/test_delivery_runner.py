@@ -28,8 +28,8 @@ from schemas.models import (
 from sinks.base import Batch, BatchingSink, PerAlertSink
 from sinks.errors import PermanentError, RetryableError
 from sinks.retry import RetryPolicy
-from sinks.webhook.config import WebhookSettings
 from sinks.secretbox import SecretBox, generate_key_spec
+from sinks.webhook.config import WebhookSettings
 from streams.delivery import BatchRunner, DeliveryRunner
 
 URL_SECRET = "T0001-B0002-xoxb-very-secret-path"
