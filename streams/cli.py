@@ -27,10 +27,9 @@ def worker() -> None:
     import faust
 
     from sinks.registry import available_types
+    from sinks.secretbox import SecretBox, SecretBoxError
     from streams.pipeline import build_pipeline
     from streams.topics import prepare_topics
-
-    from sinks.secretbox import SecretBox, SecretBoxError
 
     settings = Settings.from_env()
     try:
