@@ -36,7 +36,7 @@ from sinks.objectstore import (
     get_codec,
     object_key,
 )
-from sinks.s3 import S3Writer
+from sinks.s3.client import S3Writer
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY1"
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
