@@ -183,7 +183,13 @@ def test_unknown_type_is_refused() -> None:
     assert "webhook" in error.errors[0][1]  # says what is available
 
 
-def test_contract_type_without_a_sink_is_refused_with_a_reason() -> None:
+def test_contract_type_without_a_sink_is_refused_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sinks.registry as registry
+
+    available = {k: v for k, v in registry._packages().items() if k != "slack"}
+    monkeypatch.setattr(registry, "_packages", lambda: available)
     data = _common(type="slack", settings={"webhook_url": WEBHOOK_URL, "channel": "#soc"})
     error = errors_of(data)
     assert [f for f, _ in error.errors] == ["type"]
