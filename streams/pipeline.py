@@ -15,7 +15,8 @@ from sinks.secretbox import SecretBox
 from streams.agents.config import make_config_agents
 from streams.agents.router import make_router
 from streams.agents.sinks import BatchingAgent, make_per_alert_agent
-from streams.api.views import register_views
+from streams.api.integrations import IntegrationService
+from streams.api.views import register_api, register_views
 from streams.app import create_app
 from streams.reporter import KafkaReporter
 from streams.settings import Settings
@@ -70,4 +71,5 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
             holder.on_revoked(revoked)
 
     register_views(app, table)
+    register_api(app, table, IntegrationService(table, topics, box, sinks))
     return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box)
