@@ -49,7 +49,7 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     app.agent(topics.integrations, name="config-intake")(intake)
     app.agent(topics.configs_by_tenant, name="config-apply")(apply)
     app.agent(topics.alerts, name="router")(
-        make_router(topics, table, reporter, partitions, set(sinks))
+        make_router(topics, table, reporter, partitions, set(sinks), settings.replay_topic)
     )
 
     batching: list[BatchingAgent] = []

@@ -95,5 +95,10 @@ class Settings:
         return f"{self.app_id}-configs-by-tenant"
 
     @property
+    def replay_topic(self) -> str:
+        """Replayed and redriven alerts (`alertrelay replay`, `alertrelay dlq redrive`)."""
+        return f"{self.app_id}-replay"
+
+    @property
     def alerts_by_tenant_topic(self) -> str:
         return f"{self.app_id}-alerts-by-tenant"

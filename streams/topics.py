@@ -45,6 +45,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
         settings.topic_dlq: {},
         settings.configs_by_tenant_topic: {},
         settings.alerts_by_tenant_topic: {},
+        settings.replay_topic: {},
         **{settings.delivery_topic(t): {} for t in types},
     }
     new = [
@@ -60,7 +61,11 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise SystemExit(f"cannot create topic {name}: {exc}") from None
         log.info("created topics: %s", ", ".join(t.topic for t in new))
-    for name in (settings.configs_by_tenant_topic, settings.alerts_by_tenant_topic):
+    for name in (
+        settings.configs_by_tenant_topic,
+        settings.alerts_by_tenant_topic,
+        settings.replay_topic,
+    ):
         topic = existing.get(name)
         if topic is not None and topic.partitions and len(topic.partitions) != partitions:
             raise SystemExit(
@@ -96,8 +101,11 @@ class Topics:
 
         return cls(
             # Alerts that came in on the partition their tenant's configs are not on
-            # (a producer with another partitioner) are forwarded to the second topic.
-            alerts=raw(settings.topic_alerts, settings.alerts_by_tenant_topic),
+            # (a producer with another partitioner) are forwarded to the second topic;
+            # the third carries replayed and redriven alerts.
+            alerts=raw(
+                settings.topic_alerts, settings.alerts_by_tenant_topic, settings.replay_topic
+            ),
             alerts_by_tenant=raw(settings.alerts_by_tenant_topic, partitions=partitions),
             integrations=raw(settings.topic_integrations, compacting=True, deleting=False),
             configs_by_tenant=raw(settings.configs_by_tenant_topic, partitions=partitions),

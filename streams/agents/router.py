@@ -17,9 +17,10 @@ from streams import metrics
 from streams.delivery import Reporter
 from streams.topics import Topics
 
-__all__ = ["make_router", "matching", "tenant_partition"]
+__all__ = ["ONLY_HEADER", "SOURCE_HEADER", "make_router", "matching", "tenant_partition"]
 
-SOURCE_HEADER = "x-alertrelay-source"
+SOURCE_HEADER = "x-alertrelay-source"  # "<topic>/<partition>/<offset>" of the original
+ONLY_HEADER = "x-alertrelay-only"  # replay/redrive to this integration id only
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,20 @@ def _header_items(headers: Any) -> list[tuple[str, bytes]]:
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
-def _source_of(msg: Any, detour_topic: str) -> tuple[str, int, int] | None:
-    """The original location of an alert that took the by-tenant detour.
+def _header(msg: Any, wanted: str) -> bytes | None:
+    for name, value in _header_items(msg.headers):
+        if name == wanted and value:
+            return bytes(value)
+    return None
 
-    Only trusted on the internal detour topic: on the alerts topic the header could be
+
+def _source_of(msg: Any, trusted: set[str]) -> tuple[str, int, int] | None:
+    """The original location of an alert that took the detour or is replayed.
+
+    Only trusted on the internal topics: on the alerts topic the header could be
     anything a producer chose to send.
     """
-    if msg.topic != detour_topic:
+    if msg.topic not in trusted:
         return None
     for name, value in _header_items(msg.headers):
         if name == SOURCE_HEADER and value:
@@ -75,7 +83,12 @@ def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> lis
 
 
 def make_router(
-    topics: Topics, table: TableT, reporter: Reporter, partitions: int, known_types: set[str]
+    topics: Topics,
+    table: TableT,
+    reporter: Reporter,
+    partitions: int,
+    known_types: set[str],
+    replay_topic: str,
 ) -> Any:
     async def dead(event: EventT, reason: str) -> None:
         msg = event.message
@@ -97,6 +110,7 @@ def make_router(
         )
 
     detour = topics.alerts_by_tenant.get_topic_name()
+    trusted = {detour, replay_topic}
 
     async def route(stream: StreamT[Any]) -> None:
         async for event in stream.events():
@@ -107,7 +121,7 @@ def make_router(
                 await dead(event, str(exc))
                 continue
             home = tenant_partition(alert.tenant_id, partitions)
-            source = _source_of(msg, detour)
+            source = _source_of(msg, trusted)
             if msg.partition != home and source is None:
                 # Produced with another partitioner: send it to where its configs are,
                 # remembering where it came from (that, not the detour, names it).
@@ -126,6 +140,9 @@ def make_router(
                 continue
             src_topic, src_partition, src_offset = source or (msg.topic, msg.partition, msg.offset)
             configs = matching(table.get(alert.tenant_id), alert.event_type, alert.risk_level)
+            only = _header(msg, ONLY_HEADER) if msg.topic == replay_topic else None
+            if only is not None:
+                configs = [c for c in configs if c["integration_id"].encode() == only]
             if not configs:
                 known = table.get(alert.tenant_id) is not None
                 metrics.ALERTS.labels("no_match" if known else "unknown_tenant").inc()

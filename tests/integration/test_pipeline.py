@@ -435,3 +435,40 @@ def test_s3_batches_by_count_and_time_with_deterministic_names(
         assert key.startswith(f"alertrelay/{tenant}/lake/dt=")
         assert name.startswith(f"{topics.alerts}+{partition}+") and name.endswith(".jsonl.gz")
     assert max(len(v) for v in stored.values()) <= 10  # the count limit
+
+
+def test_replay_topic_redelivers_with_the_same_keys_to_the_named_integration(
+    kafka_bootstrap: str, topics: TopicSet, worker: WorkerProcess, receiver: WebhookReceiver
+) -> None:
+    from confluent_kafka import Producer
+
+    tenant = "t-replay"
+    put_configs(
+        kafka_bootstrap,
+        topics,
+        worker,
+        webhook_config(tenant, "a", receiver.url + "/replay/a"),
+        webhook_config(tenant, "b", receiver.url + "/replay/b"),
+    )
+    alert = make_alert(9, tenant, alert_id="replay-me")
+    produce(kafka_bootstrap, topics.alerts, [(tenant, alert)])
+    first = receiver.wait_for(1, "/replay/a")[0]
+    receiver.wait_for(1, "/replay/b")
+
+    home = tenant_partition(tenant, PARTITIONS)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(
+        f"{topics.app_id}-replay",
+        key=tenant,
+        value=json.dumps(alert).encode(),
+        partition=home,
+        headers=[
+            ("x-alertrelay-source", f"{topics.alerts}/{home}/0".encode()),
+            ("x-alertrelay-only", b"a"),
+        ],
+    )
+    assert producer.flush(30) == 0
+    again = receiver.wait_for(2, "/replay/a")[1]
+    time.sleep(1)
+    assert len(receiver.received("/replay/b")) == 1
+    assert again.headers["Idempotency-Key"] == first.headers["Idempotency-Key"]
