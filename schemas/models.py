@@ -153,6 +153,7 @@ class Delivery(BaseModel):
     routed_at: float
     produced_at: float | None = None
     attempt: int = 0
+    not_before: float | None = None
 
 
 class Outcome(StrEnum):
@@ -175,6 +176,8 @@ class DeliveryStatus(BaseModel):
     latency_ms: float
     error: str | None = None
     at: float
+    next_attempt_at: float | None = None
+    circuit: Literal["closed", "open", "half_open"] | None = None
 
 
 class DeadLetter(BaseModel):

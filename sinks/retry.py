@@ -10,7 +10,19 @@ from dataclasses import dataclass, field
 
 from sinks.errors import DeliveryError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "tier_for"]
+
+
+def tier_for(delay: float, tiers: tuple[int, ...]) -> int:
+    """The delay topic for a wait: the shortest tier that is not shorter than it.
+
+    A record waits in its tier until its own `not_before`, so a tier only needs to be at
+    least as long as the delay (the longest tier takes anything longer).
+    """
+    for tier in tiers:
+        if delay <= tier:
+            return tier
+    return tiers[-1]
 
 
 @dataclass(frozen=True)

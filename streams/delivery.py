@@ -23,8 +23,9 @@ from sinks.http import Redactor
 from sinks.retry import RetryPolicy
 from sinks.secretbox import SecretBox, SecretBoxError
 from streams import metrics
+from streams.breaker import Breakers
 
-__all__ = ["BatchRunner", "DeliveryRunner", "Reporter", "dead_letter_for"]
+__all__ = ["BatchRunner", "DeliveryRunner", "Park", "Reporter", "dead_letter_for"]
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,16 @@ async def _with_retry(
             return None, attempt
 
 
+Park = Callable[[Delivery, float], Awaitable[None]]
+
+
 class DeliveryRunner:
-    """Delivers alerts through a per-alert sink, with concurrency bounded per integration."""
+    """Delivers alerts through a per-alert sink, with concurrency bounded per integration.
+
+    With `park` (the worker), each call makes one attempt: a retryable failure parks the
+    delivery on a delay topic and the partition moves on, so a failing destination never
+    holds up the alerts behind it. Without it (tests, tools), retries wait in place.
+    """
 
     def __init__(
         self,
@@ -157,10 +166,14 @@ class DeliveryRunner:
         reporter: Reporter,
         box: SecretBox,
         per_integration_concurrency: int = 4,
+        park: Park | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.sink = sink
         self.policy = policy
         self.reporter = reporter
+        self.park = park
+        self.breakers = breakers or Breakers()
         self._limit = per_integration_concurrency
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._settings = _SettingsCache(sink, box)
@@ -187,6 +200,8 @@ class DeliveryRunner:
             await self._dead(delivery, reason, 0)
             return Outcome.DEAD_LETTERED
         sink, settings = self.sink, prepared.settings
+        if self.park is not None:
+            return await self._attempt_once(delivery, prepared, self.park)
 
         async def attempt(_n: int) -> int | None:
             async with self._gate(delivery.integration.key):
@@ -214,6 +229,56 @@ class DeliveryRunner:
             return Outcome.DELIVERED
         await self._dead(delivery, error.message, attempts)
         return Outcome.DEAD_LETTERED
+
+    async def _attempt_once(self, delivery: Delivery, prepared: _Prepared, park: Park) -> Outcome:
+        kind, key = delivery.integration.type, delivery.integration.key
+        attempt = delivery.attempt + 1
+        started = time.monotonic()
+        wait = self.breakers.admit(key)
+        error: DeliveryError | None = None
+        status: int | None = None
+        if wait is not None:
+            # Open circuit: no call to the destination; it still counts as an attempt so
+            # that an alert for a destination that never recovers ends in the DLQ.
+            error = RetryableError(f"circuit open after repeated failures (retry in {wait:.0f} s)")
+            error.retry_after = wait
+            state = self.breakers.get(key).state
+        else:
+            try:
+                async with self._gate(key):
+                    status = await self.sink.send(delivery, prepared.settings)
+            except Exception as exc:  # a sink must never lose an alert
+                error = _as_delivery_error(exc, prepared.redact)
+                status = error.status
+                state = self.breakers.failure(key, error.retryable)
+            else:
+                state = self.breakers.success(key)
+        latency = time.monotonic() - started
+        metrics.CIRCUITS_OPEN.labels(kind).set(self.breakers.open_count())
+        if error is None:
+            metrics.record_attempt(kind, Outcome.DELIVERED.value, latency)
+            if delivery.produced_at:
+                metrics.END_TO_END.labels(kind).observe(
+                    max(0.0, time.time() - delivery.produced_at)
+                )
+            record = _status(delivery, attempt, Outcome.DELIVERED, latency, status)
+            await self.reporter.status(record.model_copy(update={"circuit": state}))
+            return Outcome.DELIVERED
+        delay = self.policy.delay(attempt, error)
+        if delay is not None and wait is not None:
+            delay = max(delay, wait)
+        outcome = Outcome.DEAD_LETTERED if delay is None else Outcome.RETRYING
+        metrics.record_attempt(kind, outcome.value, latency)
+        record = _status(delivery, attempt, outcome, latency, status, error.message)
+        next_at = None if delay is None else time.time() + delay
+        await self.reporter.status(
+            record.model_copy(update={"circuit": state, "next_attempt_at": next_at})
+        )
+        if delay is None:
+            await self._dead(delivery, error.message, attempt)
+            return Outcome.DEAD_LETTERED
+        await park(delivery.model_copy(update={"attempt": attempt, "not_before": next_at}), delay)
+        return Outcome.RETRYING
 
     async def _dead(self, delivery: Delivery, reason: str, attempts: int) -> None:
         metrics.DLQ.labels(delivery.integration.type, "deliver").inc()

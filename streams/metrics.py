@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = [
     "ALERTS",
+    "CIRCUITS_OPEN",
     "CONFIGS",
     "DELIVERIES",
     "DELIVERY_LATENCY",
@@ -55,6 +56,12 @@ DLQ = Counter(
     "alertrelay_dead_letters",
     "Records written to the DLQ, by integration type (or '-') and stage",
     ["type", "stage"],
+    registry=REGISTRY,
+)
+CIRCUITS_OPEN = Gauge(
+    "alertrelay_circuits_open",
+    "Integrations whose circuit breaker is open or half open on this worker",
+    ["type"],
     registry=REGISTRY,
 )
 CONFIGS = Gauge(

@@ -13,6 +13,7 @@ from sinks.base import BatchingSink, PerAlertSink, Sink
 from sinks.registry import SinkContext, build_sinks
 from sinks.secretbox import SecretBox
 from streams.agents.config import make_config_agents
+from streams.agents.retry import make_parker, make_retry_agent
 from streams.agents.router import make_router
 from streams.agents.sinks import BatchingAgent, make_per_alert_agent
 from streams.api.integrations import IntegrationService
@@ -52,10 +53,14 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
         make_router(topics, table, reporter, partitions, set(sinks), settings.replay_topic)
     )
 
+    park = make_parker(topics, settings.retry_tiers)
+    for tier, topic in topics.retry.items():
+        app.agent(topic, name=f"retry-{tier}s")(make_retry_agent(topics, tier))
+
     batching: list[BatchingAgent] = []
     for kind, sink in sinks.items():
         if isinstance(sink, PerAlertSink):
-            agent = make_per_alert_agent(sink, settings, reporter, box)
+            agent = make_per_alert_agent(sink, settings, reporter, box, park)
             app.agent(topics.delivery[kind], name=f"sink-{kind}")(agent)
         elif isinstance(sink, BatchingSink):
             holder = BatchingAgent(sink, settings, reporter, box)

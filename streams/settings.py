@@ -33,6 +33,16 @@ def _float(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
+def _tiers(raw: str) -> tuple[int, ...]:
+    try:
+        tiers = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        tiers = ()
+    if not tiers or tiers[0] < 1:
+        raise SystemExit(f"ALERTRELAY_RETRY_TIERS must be whole seconds >= 1, got {raw!r}")
+    return tiers
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -52,6 +62,9 @@ class Settings:
     per_integration_concurrency: int = 4
     commit_interval: float = 1.0
     session_timeout: float = 10.0
+    retry_tiers: tuple[int, ...] = (1, 5, 30, 120, 600)
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
     log_level: str = "info"
 
     @classmethod
@@ -68,10 +81,13 @@ class Settings:
             web_port=_int("ALERTRELAY_WEB_PORT", cls.web_port),
             data_dir=Path(_env("ALERTRELAY_DATA_DIR", str(cls.data_dir))),
             retry=RetryPolicy(
-                max_attempts=_int("ALERTRELAY_RETRY_MAX_ATTEMPTS", 5),
-                base_delay=_float("ALERTRELAY_RETRY_BASE_DELAY", 0.5),
-                max_delay=_float("ALERTRELAY_RETRY_MAX_DELAY", 30.0),
+                max_attempts=_int("ALERTRELAY_RETRY_MAX_ATTEMPTS", 10),
+                base_delay=_float("ALERTRELAY_RETRY_BASE_DELAY", 1.0),
+                max_delay=_float("ALERTRELAY_RETRY_MAX_DELAY", 600.0),
             ),
+            retry_tiers=_tiers(_env("ALERTRELAY_RETRY_TIERS", "1,5,30,120,600")),
+            breaker_threshold=_int("ALERTRELAY_BREAKER_THRESHOLD", cls.breaker_threshold),
+            breaker_cooldown=_float("ALERTRELAY_BREAKER_COOLDOWN", cls.breaker_cooldown),
             batch_limits=BatchLimits(
                 max_events=_int("ALERTRELAY_BATCH_MAX_EVENTS", 10_000),
                 max_bytes=_int("ALERTRELAY_BATCH_MAX_BYTES", 8 * 1024 * 1024),
@@ -93,6 +109,10 @@ class Settings:
     @property
     def configs_by_tenant_topic(self) -> str:
         return f"{self.app_id}-configs-by-tenant"
+
+    def retry_topic(self, tier: int) -> str:
+        """Deliveries parked for a retry in at most about `tier` seconds."""
+        return f"{self.app_id}-retry-{tier}s"
 
     @property
     def replay_topic(self) -> str:

@@ -47,6 +47,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
         settings.alerts_by_tenant_topic: {},
         settings.replay_topic: {},
         **{settings.delivery_topic(t): {} for t in types},
+        **{settings.retry_topic(t): {} for t in settings.retry_tiers},
     }
     new = [
         NewTopic(name, num_partitions=partitions, replication_factor=replicas, config=config)
@@ -84,6 +85,7 @@ class Topics:
     status: TopicT
     dlq: TopicT
     delivery: dict[str, TopicT]
+    retry: dict[int, TopicT]
 
     @classmethod
     def declare(
@@ -112,4 +114,7 @@ class Topics:
             status=raw(settings.topic_status),
             dlq=raw(settings.topic_dlq),
             delivery={t: raw(settings.delivery_topic(t), partitions=partitions) for t in types},
+            retry={
+                t: raw(settings.retry_topic(t), partitions=partitions) for t in settings.retry_tiers
+            },
         )

@@ -23,7 +23,8 @@ from sinks.base import BatchingSink, PerAlertSink
 from sinks.secretbox import SecretBox
 from streams import metrics
 from streams.batcher import Batcher, Pending
-from streams.delivery import BatchRunner, DeliveryRunner, Reporter, dead_letter_for
+from streams.breaker import Breakers
+from streams.delivery import BatchRunner, DeliveryRunner, Park, Reporter, dead_letter_for
 from streams.settings import Settings
 
 __all__ = ["BatchingAgent", "make_per_alert_agent"]
@@ -55,10 +56,20 @@ async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | Non
 
 
 def make_per_alert_agent(
-    sink: PerAlertSink[Any], settings: Settings, reporter: Reporter, box: SecretBox
+    sink: PerAlertSink[Any],
+    settings: Settings,
+    reporter: Reporter,
+    box: SecretBox,
+    park: Park | None = None,
 ) -> Any:
     runner = DeliveryRunner(
-        sink, settings.retry, reporter, box, settings.per_integration_concurrency
+        sink,
+        settings.retry,
+        reporter,
+        box,
+        settings.per_integration_concurrency,
+        park=park,
+        breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown),
     )
     kind = sink.type_name
 
