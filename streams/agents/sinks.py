@@ -106,6 +106,7 @@ class BatchingAgent:
         self.batcher = Batcher(sink.limits)
         self.runner = BatchRunner(sink, settings.retry, reporter, box)
         self.topic_name = settings.delivery_topic(sink.type_name)
+        self._order: dict[tuple[str, str, int], asyncio.Lock] = {}
 
     async def agent(self, stream: StreamT[Any]) -> None:
         settings = self.settings
@@ -132,6 +133,17 @@ class BatchingAgent:
             await asyncio.gather(*(self._write(p) for p in ready))
 
     async def _write(self, pending: Pending) -> None:
+        # Batches of one integration and source partition are written one at a time, in
+        # the order they were cut: the sinks skip what is at or below the highest offset
+        # stored, so a newer batch landing first would make an older one look written.
+        batch = pending.batch
+        lock = self._order.setdefault(
+            (batch.integration.key, batch.topic, batch.partition), asyncio.Lock()
+        )
+        async with lock:
+            await self._write_now(pending)
+
+    async def _write_now(self, pending: Pending) -> None:
         try:
             await self.runner.write(pending.batch)
         except Exception as exc:  # a bug must still end the batch somewhere visible
