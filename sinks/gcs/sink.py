@@ -20,115 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from schemas.models import Delivery, IntegrationConfig
+from schemas.models import IntegrationConfig
 from sinks.base import Batch, BatchingSink
-from sinks.errors import PermanentError
 from sinks.gcs.client import GCSWriter
 from sinks.gcs.config import GCSSettings, service_account_info
-from sinks.objectstore import JSONL_CONTENT_TYPE, Codec, encode_jsonl, get_codec, object_key
+from sinks.objectstore import Codec, get_codec, object_key
+from sinks.objectstore.exactly_once import ExactlyOnceObjects, KeyFor
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
 
-__all__ = ["ExactlyOnceObjects", "GCSSink", "ObjectWriter", "encode_batch", "key_secrets"]
-
-LAST_OFFSET = "alertrelay-last-offset"
-
-
-def encode_batch(records: list[Delivery], codec: Codec) -> bytes:
-    """JSON lines of the alerts, compressed; CPU work, so callers run it in a thread."""
-    return codec.compress(encode_jsonl(r.alert.wire() for r in records))
-
-
-class ObjectWriter(Protocol):
-    """What the exactly-once loop needs from a store (S3Writer and GCSWriter both fit)."""
-
-    async def put_if_absent(
-        self,
-        key: str,
-        body: bytes,
-        *,
-        content_type: str,
-        content_encoding: str | None,
-        metadata: dict[str, str],
-    ) -> bool: ...
-
-    async def head_metadata(self, key: str) -> dict[str, str] | None: ...
-
-    async def newest_key(self, prefix: str) -> str | None: ...
-
-
-KeyFor = Callable[[int], str]
-"""first source offset -> object name, for one batch."""
-
-
-class ExactlyOnceObjects:
-    """S3Sink's write loop and high-water mark, store-agnostic (proposed for
-    ``sinks/objectstore``; S3Sink.write would become one call to ``write``)."""
-
-    def __init__(self) -> None:
-        # (integration key, source topic, partition, day) -> highest source offset stored
-        self._stored: dict[tuple[str, str, int, str], int] = {}
-
-    @staticmethod
-    def _mark(batch: Batch) -> tuple[str, str, int, str]:
-        return (batch.integration.key, batch.topic, batch.partition, batch.day.isoformat())
-
-    async def stored_up_to(self, writer: ObjectWriter, batch: Batch, key_for: KeyFor) -> int:
-        mark = self._mark(batch)
-        stored = self._stored.get(mark)
-        if stored is None:
-            # Everything up to the '+' before the offset: the objects of this partition.
-            prefix = key_for(0).rsplit("+", 1)[0] + "+"
-            newest = await writer.newest_key(prefix)
-            meta = (await writer.head_metadata(newest) or {}) if newest else {}
-            stored = int(meta.get(LAST_OFFSET, -1))
-            self._stored[mark] = stored
-        return stored
-
-    def remember(self, batch: Batch, last_offset: int) -> None:
-        mark = self._mark(batch)
-        self._stored[mark] = max(self._stored.get(mark, -1), last_offset)
-
-    async def write(self, writer: ObjectWriter, batch: Batch, codec: Codec, key_for: KeyFor) -> int:
-        stored = await self.stored_up_to(writer, batch, key_for)
-        records = [r for r in batch.records if r.source_offset > stored]
-        while records:
-            key = key_for(records[0].source_offset)
-            body = await asyncio.to_thread(encode_batch, records, codec)
-            metadata = {
-                "alertrelay-first-offset": str(records[0].source_offset),
-                LAST_OFFSET: str(records[-1].source_offset),
-                "alertrelay-count": str(len(records)),
-            }
-            created = await writer.put_if_absent(
-                key,
-                body,
-                content_type=JSONL_CONTENT_TYPE,
-                content_encoding=codec.content_encoding,
-                metadata=metadata,
-            )
-            if created:
-                self.remember(batch, records[-1].source_offset)
-                return 200
-            existing = await writer.head_metadata(key)
-            if existing is None:
-                continue  # removed since the 412: try again
-            try:
-                held_up_to = int(existing[LAST_OFFSET])
-            except (KeyError, ValueError):
-                raise PermanentError(
-                    f"object {key} exists and was not written by alertrelay; "
-                    "refusing to overwrite it"
-                ) from None
-            self.remember(batch, held_up_to)
-            records = [r for r in records if r.source_offset > held_up_to]
-        return 200
+__all__ = ["GCSSink", "key_secrets"]
 
 
 def key_secrets(service_account_json: SecretStr) -> list[str]:

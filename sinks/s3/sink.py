@@ -14,26 +14,20 @@ that straddles midnight may store the alerts of the old day's last batch again.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import TYPE_CHECKING
 
-from schemas.models import Delivery, IntegrationConfig
+from schemas.models import IntegrationConfig
 from sinks.base import Batch, BatchingSink
-from sinks.errors import PermanentError
-from sinks.objectstore import JSONL_CONTENT_TYPE, Codec, encode_jsonl, get_codec, object_key
+from sinks.objectstore import Codec, get_codec, object_key
+from sinks.objectstore.exactly_once import ExactlyOnceObjects, encode_batch
 from sinks.s3.client import S3Writer
 from sinks.s3.config import S3Settings
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
 
-__all__ = ["S3Sink", "encode_batch"]
-
-
-def encode_batch(records: list[Delivery], codec: Codec) -> bytes:
-    """JSON lines of the alerts, compressed; CPU work, so callers run it in a thread."""
-    return codec.compress(encode_jsonl(r.alert.wire() for r in records))
+__all__ = ["S3Sink", "encode_batch"]  # encode_batch re-exported for callers
 
 
 class S3Sink(BatchingSink[S3Settings]):
@@ -43,8 +37,7 @@ class S3Sink(BatchingSink[S3Settings]):
     def __init__(self, ctx: SinkContext) -> None:
         self.limits = ctx.batch_limits
         self._writers: dict[str, S3Writer] = {}
-        # (integration key, source topic, partition, day) -> highest source offset stored
-        self._stored: dict[tuple[str, str, int, str], int] = {}
+        self._once = ExactlyOnceObjects()
 
     def _writer(self, settings: S3Settings) -> S3Writer:
         secret = settings.secret_access_key.get_secret_value()
@@ -78,60 +71,13 @@ class S3Sink(BatchingSink[S3Settings]):
             codec=codec,
         )
 
-    async def _stored_up_to(
-        self, writer: S3Writer, batch: Batch, settings: S3Settings, codec: Codec
-    ) -> int:
-        mark = (batch.integration.key, batch.topic, batch.partition, batch.day.isoformat())
-        stored = self._stored.get(mark)
-        if stored is None:
-            # Everything up to the '+' before the offset: the objects of this partition.
-            prefix = self._key(batch, settings, 0, codec).rsplit("+", 1)[0] + "+"
-            newest = await writer.newest_key(prefix)
-            meta = (await writer.head_metadata(newest) or {}) if newest else {}
-            stored = int(meta.get("alertrelay-last-offset", -1))
-            self._stored[mark] = stored
-        return stored
-
-    def _remember(self, batch: Batch, last_offset: int) -> None:
-        mark = (batch.integration.key, batch.topic, batch.partition, batch.day.isoformat())
-        self._stored[mark] = max(self._stored.get(mark, -1), last_offset)
-
     async def write(self, batch: Batch, settings: S3Settings) -> int | None:
-        writer = self._writer(settings)
         codec = get_codec(settings.compression)
-        stored = await self._stored_up_to(writer, batch, settings, codec)
-        records = [r for r in batch.records if r.source_offset > stored]
-        while records:
-            key = self._key(batch, settings, records[0].source_offset, codec)
-            body = await asyncio.to_thread(encode_batch, records, codec)
-            metadata = {
-                "alertrelay-first-offset": str(records[0].source_offset),
-                "alertrelay-last-offset": str(records[-1].source_offset),
-                "alertrelay-count": str(len(records)),
-            }
-            created = await writer.put_if_absent(
-                key,
-                body,
-                content_type=JSONL_CONTENT_TYPE,
-                content_encoding=codec.content_encoding,
-                metadata=metadata,
-            )
-            if created:
-                self._remember(batch, records[-1].source_offset)
-                return 200
-            existing = await writer.head_metadata(key)
-            if existing is None:
-                continue  # removed since the 412: try again
-            try:
-                held_up_to = int(existing["alertrelay-last-offset"])
-            except (KeyError, ValueError):
-                raise PermanentError(
-                    f"object {key} exists and was not written by alertrelay; "
-                    "refusing to overwrite it"
-                ) from None
-            self._remember(batch, held_up_to)
-            records = [r for r in records if r.source_offset > held_up_to]
-        return 200
+
+        def key_for(first_offset: int) -> str:
+            return self._key(batch, settings, first_offset, codec)
+
+        return await self._once.write(self._writer(settings), batch, codec, key_for)
 
     async def check(self, integration: IntegrationConfig, settings: S3Settings) -> str:
         return await self._writer(settings).check(prefix=settings.prefix)
