@@ -586,6 +586,10 @@ def _secret_variants(secret: str) -> Iterator[tuple[str, str]]:
         for _, value in parse_qsl(parts.query):
             if len(value) >= 8:
                 yield value, REDACTED
+    if " " in secret.strip():  # "Bearer <token>", "Basic <b64>": the token on its own too
+        for word in secret.split():
+            if len(word) >= 8:
+                yield word, REDACTED
     if "\n" in secret:  # PEM keys, JSON documents: each substantial line on its own
         for line in secret.splitlines():
             if len(line.strip()) >= 16:

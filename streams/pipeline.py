@@ -13,6 +13,7 @@ from sinks.base import BatchingSink, PerAlertSink, Sink
 from sinks.registry import SinkContext, build_sinks
 from sinks.secretbox import SecretBox
 from streams.agents.config import make_config_agents
+from streams.agents.health import make_health_agent
 from streams.agents.retry import make_parker, make_retry_agent
 from streams.agents.router import make_router
 from streams.agents.sinks import BatchingAgent, make_per_alert_agent
@@ -21,7 +22,7 @@ from streams.api.views import register_api, register_views
 from streams.app import create_app
 from streams.reporter import KafkaReporter
 from streams.settings import Settings
-from streams.tables import declare_config_table
+from streams.tables import declare_config_table, declare_health_table
 from streams.topics import Topics
 
 __all__ = ["Pipeline", "build_pipeline"]
@@ -44,6 +45,7 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     sinks = build_sinks(ctx)
     topics = Topics.declare(app, settings, partitions, sorted(sinks))
     table = declare_config_table(app, partitions)
+    health = declare_health_table(app, partitions)
     reporter = KafkaReporter(topics.status, topics.dlq)
 
     intake, apply = make_config_agents(topics, table, reporter, box)
@@ -53,6 +55,7 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
         make_router(topics, table, reporter, partitions, set(sinks), settings.replay_topic)
     )
 
+    app.agent(topics.status, name="health")(make_health_agent(health))
     park = make_parker(topics, settings.retry_tiers)
     for tier, topic in topics.retry.items():
         app.agent(topic, name=f"retry-{tier}s")(make_retry_agent(topics, tier))
@@ -76,5 +79,5 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
             holder.on_revoked(revoked)
 
     register_views(app, table)
-    register_api(app, table, IntegrationService(table, topics, box, sinks))
+    register_api(app, table, IntegrationService(table, topics, box, sinks, health))
     return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box)

@@ -21,7 +21,7 @@ class KafkaReporter:
 
     async def status(self, record: DeliveryStatus) -> None:
         self._status.send_soon(
-            key=record.integration_id.encode(),
+            key=record.tenant_id.encode(),  # by tenant: co-partitioned with the config table
             value=orjson.dumps(record.model_dump(mode="json")),
             force=True,
         )

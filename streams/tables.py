@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 from faust.types import TableT
 
-__all__ = ["declare_config_table"]
+__all__ = ["declare_config_table", "declare_health_table"]
 
 
 def declare_config_table(app: faust.App, partitions: int) -> TableT:
@@ -22,3 +22,8 @@ def declare_config_table(app: faust.App, partitions: int) -> TableT:
         # ("'dict' has no attribute 'from_data'"); plain JSON round-trips as is.
         help="integration configs by tenant",
     )
+
+
+def declare_health_table(app: faust.App, partitions: int) -> TableT:
+    """tenant_id -> {integration_id: health}, folded from the delivery-status topic."""
+    return app.Table("health", default=None, partitions=partitions, help="integration health")

@@ -66,6 +66,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
         settings.configs_by_tenant_topic,
         settings.alerts_by_tenant_topic,
         settings.replay_topic,
+        settings.topic_status,  # feeds the health table, co-partitioned by tenant
     ):
         topic = existing.get(name)
         if topic is not None and topic.partitions and len(topic.partitions) != partitions:

@@ -96,6 +96,14 @@ class IntegrationService:
     topics: Topics
     box: SecretBox
     sinks: Mapping[str, Sink[Any]]
+    health: TableT | None = None
+
+    def health_of(self, tenant_id: str, integration_id: str) -> dict[str, Any] | None:
+        """Last success, last failure (redacted reason), consecutive failures, circuit."""
+        if self.health is None:
+            return None
+        entry = (self.health.get(tenant_id) or {}).get(integration_id)
+        return dict(entry) if entry else None
 
     # -- reads ------------------------------------------------------------------------
 

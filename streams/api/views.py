@@ -145,7 +145,11 @@ def register_api(app: faust.App, table: TableT, service: IntegrationService) -> 
         async def get(self, request: Request, tenant_id: str, integration_id: str) -> Response:
             async def run(p: Principal, payload: Any) -> tuple[int, Any]:
                 stored = service.stored(tenant_id, integration_id)
-                return 200, {"integration": service.public(stored), "version": stored["version"]}
+                return 200, {
+                    "integration": service.public(stored),
+                    "version": stored["version"],
+                    "health": service.health_of(tenant_id, integration_id),
+                }
 
             return await handle(self, request, tenant_id, run)
 

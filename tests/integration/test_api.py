@@ -185,6 +185,31 @@ def test_update_keeps_masked_secrets_and_delivers(
     assert [r.json()["alert_id"] for r in receiver.received("/api-hook")] == ["api-high"]
     assert got[0].headers["Authorization"] == f"Bearer {HOOK_TOKEN}"
 
+    # Health: the success, then a failing destination with its redacted reason.
+    health = wait_health(proc, admin, lambda h: h.get("last_success_at"))
+    assert health["consecutive_failures"] == 0 and health["circuit"] == "closed"
+    receiver.script("/api-hook", default=Answer(503, f"down {HOOK_TOKEN}".encode()))
+    produce(
+        kafka_bootstrap,
+        topics.alerts,
+        [("acme", make_alert(3, "acme", alert_id="api-fail", risk_level="critical"))],
+    )
+    health = wait_health(proc, admin, lambda h: h.get("consecutive_failures", 0) >= 2)
+    assert "503" in health["last_error"] and HOOK_TOKEN not in json.dumps(health)
+    assert health["last_failure_at"] > health["last_success_at"]
+    receiver.script("/api-hook", default=Answer(200, b"ok"))
+    wait_health(proc, admin, lambda h: h.get("consecutive_failures") == 0)
+
+
+def wait_health(proc: WorkerProcess, token: str, done: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        health = api(proc, token, "GET", "/hook").json().get("health") or {}
+        if done(health):
+            return dict(health)
+        assert time.monotonic() < deadline, f"health never got there: {health}"
+        time.sleep(0.3)
+
 
 def test_test_connection_saved_and_unsaved(
     worker: tuple[WorkerProcess, TopicSet], env: dict[str, Any], receiver: WebhookReceiver

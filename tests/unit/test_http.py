@@ -835,3 +835,10 @@ async def test_real_connection_refused_is_retryable() -> None:
     error = classify_exception(info.value, redact=NOBODY, what="webhook")
     assert isinstance(error, RetryableError)
     assert error.message.startswith("webhook could not be reached")
+
+
+def test_the_token_of_a_scheme_prefixed_secret_is_redacted_on_its_own() -> None:
+    redact = Redactor(["Bearer SECRETHOOKTOKEN42"])
+    assert redact("server said: bad token SECRETHOOKTOKEN42") == (
+        "server said: bad token [REDACTED]"
+    )
