@@ -8,6 +8,7 @@ __all__ = [
     "ALERTS",
     "CIRCUITS_OPEN",
     "CONFIGS",
+    "DEFERRED",
     "DELIVERIES",
     "DELIVERY_LATENCY",
     "DLQ",
@@ -61,6 +62,12 @@ DLQ = Counter(
 CIRCUITS_OPEN = Gauge(
     "alertrelay_circuits_open",
     "Integrations whose circuit breaker is open or half open on this worker",
+    ["type"],
+    registry=REGISTRY,
+)
+DEFERRED = Counter(
+    "alertrelay_deliveries_deferred",
+    "Deliveries parked for a second because their integration had too many waiting",
     ["type"],
     registry=REGISTRY,
 )

@@ -60,6 +60,8 @@ class Settings:
     take_max: int = 500
     take_within: float = 0.02
     per_integration_concurrency: int = 4
+    per_integration_backlog: int = 200
+    max_in_flight: int = 2000
     commit_interval: float = 1.0
     session_timeout: float = 10.0
     retry_tiers: tuple[int, ...] = (1, 5, 30, 120, 600)
@@ -98,6 +100,10 @@ class Settings:
             per_integration_concurrency=_int(
                 "ALERTRELAY_PER_INTEGRATION_CONCURRENCY", cls.per_integration_concurrency
             ),
+            per_integration_backlog=_int(
+                "ALERTRELAY_PER_INTEGRATION_BACKLOG", cls.per_integration_backlog
+            ),
+            max_in_flight=_int("ALERTRELAY_MAX_IN_FLIGHT", cls.max_in_flight),
             commit_interval=_float("ALERTRELAY_COMMIT_INTERVAL", cls.commit_interval),
             session_timeout=_float("ALERTRELAY_SESSION_TIMEOUT", cls.session_timeout),
             log_level=_env("ALERTRELAY_LOG_LEVEL", cls.log_level),

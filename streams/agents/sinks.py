@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +23,7 @@ from schemas.models import DeadLetter, Delivery
 from sinks.base import BatchingSink, PerAlertSink
 from sinks.secretbox import SecretBox
 from streams import metrics
+from streams.acks import OrderedAcks
 from streams.batcher import Batcher, Pending
 from streams.breaker import Breakers
 from streams.delivery import BatchRunner, DeliveryRunner, Park, Reporter, dead_letter_for
@@ -82,14 +84,46 @@ def make_per_alert_agent(
                 dead_letter_for(delivery, f"internal error: {type(exc).__name__}", 0)
             )
 
+    # Deliveries run as tasks and each event is acked when its own delivery ends: faust
+    # commits only up to the oldest un-acked offset, so nothing in flight is committed
+    # past, and a slow destination holds no other integration's alerts. Fairness: one
+    # integration may have `per_integration_backlog` deliveries in flight or waiting;
+    # beyond that (with parking) its deliveries are parked for a second instead.
+    slots = asyncio.Semaphore(settings.max_in_flight)
+    backlog: Counter[str] = Counter()
+    tasks: set[asyncio.Task[None]] = set()
+    acks = OrderedAcks()
+
+    async def run(slot: Any, delivery: Delivery) -> None:
+        key = delivery.integration.key
+        try:
+            await deliver_one(delivery)
+        finally:
+            backlog[key] -= 1
+            if backlog[key] <= 0:
+                del backlog[key]
+            slots.release()
+            acks.done(slot)
+
     async def agent(stream: StreamT[Any]) -> None:
         async for events in stream.noack_take(settings.take_max, within=settings.take_within):
-            batch = [await _parse(e, reporter, kind) for e in events]
-            # A taken batch is delivered concurrently, then acked: concurrency without
-            # committing past an alert still in flight.
-            await asyncio.gather(*(deliver_one(d) for d in batch if d is not None))
             for event in events:
-                event.ack()
+                slot = acks.track(event)
+                delivery = await _parse(event, reporter, kind)
+                if delivery is None:
+                    acks.done(slot)
+                    continue
+                key = delivery.integration.key
+                if park is not None and backlog[key] >= settings.per_integration_backlog:
+                    metrics.DEFERRED.labels(kind).inc()
+                    await park(delivery.model_copy(update={"not_before": time.time() + 1}), 1.0)
+                    acks.done(slot)
+                    continue
+                await slots.acquire()  # backpressure: stop taking when too much is in flight
+                backlog[key] += 1
+                task = asyncio.create_task(run(slot, delivery))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
     return agent
 
@@ -107,18 +141,21 @@ class BatchingAgent:
         self.runner = BatchRunner(sink, settings.retry, reporter, box)
         self.topic_name = settings.delivery_topic(sink.type_name)
         self._order: dict[tuple[str, str, int], asyncio.Lock] = {}
+        # Buffers of different integrations flush in any order; acks stay in offset order.
+        self._acks = OrderedAcks()
 
     async def agent(self, stream: StreamT[Any]) -> None:
         settings = self.settings
         async for events in stream.noack_take(settings.take_max, within=settings.take_within):
             ready: list[Pending] = []
             for event in events:
+                slot = self._acks.track(event)
                 delivery = await _parse(event, self.reporter, self.sink.type_name)
                 if delivery is None:
-                    event.ack()
+                    self._acks.done(slot)
                     continue
                 size = len(event.message.value or b"")
-                pending = self.batcher.add(delivery, event, event.message.partition, size)
+                pending = self.batcher.add(delivery, slot, event.message.partition, size)
                 if pending is not None:
                     ready.append(pending)
             ready.extend(self.batcher.due())
@@ -152,11 +189,12 @@ class BatchingAgent:
                 await self.reporter.dead_letter(
                     dead_letter_for(delivery, f"internal error: {type(exc).__name__}", 0)
                 )
-        for event in pending.acks:
-            event.ack()
+        for slot in pending.acks:
+            self._acks.done(slot)
 
     def on_revoked(self, revoked: Iterable[TP]) -> None:
         mine = [tp.partition for tp in revoked if tp.topic == self.topic_name]
+        self._acks.forget(tp for tp in revoked if tp.topic == self.topic_name)
         if mine:
             dropped = self.batcher.drop_partitions(mine)
             log.info("dropped %d %s buffers of revoked partitions", dropped, self.sink.type_name)

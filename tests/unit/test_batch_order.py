@@ -48,7 +48,15 @@ class Recorder:
         raise AssertionError("nothing should be dead-lettered")
 
 
+class Message:
+    tp = ("alertrelay-deliver-s3", 0)
+
+
 class Ack:
+    """A stand-in for a faust event: its partition, and whether it was acked."""
+
+    message = Message()
+
     def __init__(self) -> None:
         self.acked = False
 
@@ -86,7 +94,8 @@ async def test_concurrent_flushes_write_batches_of_a_partition_in_order() -> Non
     pending: list[Pending] = []
     acks = [Ack() for _ in range(10)]
     for offset in range(10):
-        ready = agent.batcher.add(delivery(offset), acks[offset], 0, 100)
+        slot = agent._acks.track(acks[offset])
+        ready = agent.batcher.add(delivery(offset), slot, 0, 100)
         if ready is not None:
             pending.append(ready)
     older, newer = pending
