@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = [
     "ALERTS",
+    "BACKPRESSURE",
     "CIRCUITS_OPEN",
     "CONFIGS",
     "DEFERRED",
@@ -68,6 +69,12 @@ CIRCUITS_OPEN = Gauge(
 DEFERRED = Counter(
     "alertrelay_deliveries_deferred",
     "Deliveries parked for a second because their integration had too many waiting",
+    ["type"],
+    registry=REGISTRY,
+)
+BACKPRESSURE = Counter(
+    "alertrelay_batch_backpressure",
+    "Times a batching sink stopped taking records because its memory cap was reached",
     ["type"],
     registry=REGISTRY,
 )

@@ -129,7 +129,15 @@ def make_per_alert_agent(
 
 
 class BatchingAgent:
-    """Buffers deliveries per integration and writes them when a limit is reached."""
+    """Buffers deliveries per integration and writes them when a limit is reached.
+
+    Writes run as tasks, so a slow destination does not stop the agent from taking the
+    records of other integrations; batches of one integration and source partition still
+    go one at a time, in order. Memory is capped: when buffered and in-flight records
+    pass `batch_memory_cap` bytes, everything held is written and the agent stops taking
+    (faust then pauses fetching) until writes bring it back under the cap. Nothing is
+    dropped.
+    """
 
     def __init__(
         self, sink: BatchingSink[Any], settings: Settings, reporter: Reporter, box: SecretBox
@@ -143,6 +151,10 @@ class BatchingAgent:
         self._order: dict[tuple[str, str, int], asyncio.Lock] = {}
         # Buffers of different integrations flush in any order; acks stay in offset order.
         self._acks = OrderedAcks()
+        self._held = 0  # bytes buffered or being written
+        self._room = asyncio.Event()
+        self._room.set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def agent(self, stream: StreamT[Any]) -> None:
         settings = self.settings
@@ -155,17 +167,30 @@ class BatchingAgent:
                     self._acks.done(slot)
                     continue
                 size = len(event.message.value or b"")
+                self._held += size
                 pending = self.batcher.add(delivery, slot, event.message.partition, size)
                 if pending is not None:
                     ready.append(pending)
             ready.extend(self.batcher.due())
-            await self.flush(ready)
+            self._spawn(ready)
+            if self._held > settings.batch_memory_cap:
+                metrics.BACKPRESSURE.labels(self.sink.type_name).inc()
+                self._spawn(self.batcher.drain())
+                self._room.clear()
+                await self._room.wait()
 
     async def tick(self) -> None:
         """Timer: write batches whose time limit passed although no new record came."""
-        await self.flush(self.batcher.due())
+        self._spawn(self.batcher.due())
+
+    def _spawn(self, ready: list[Pending]) -> None:
+        for pending in ready:
+            task = asyncio.create_task(self._write(pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def flush(self, ready: list[Pending]) -> None:
+        """Write these batches and wait for them (tests, shutdown)."""
         if ready:
             await asyncio.gather(*(self._write(p) for p in ready))
 
@@ -191,6 +216,9 @@ class BatchingAgent:
                 )
         for slot in pending.acks:
             self._acks.done(slot)
+        self._held -= pending.batch.size_bytes
+        if self._held <= self.settings.batch_memory_cap * 0.8:
+            self._room.set()
 
     def on_revoked(self, revoked: Iterable[TP]) -> None:
         mine = [tp.partition for tp in revoked if tp.topic == self.topic_name]
