@@ -1171,5 +1171,11 @@ def _produce_alerts(
         raise SystemExit(EXIT_FAILED)
 
 
+from streams.dlq import dlq_group  # noqa: E402
+from streams.replay import replay_command  # noqa: E402
+
+main.add_command(replay_command)
+main.add_command(dlq_group)
+
 if __name__ == "__main__":
     sys.exit(main())
