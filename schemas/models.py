@@ -154,6 +154,7 @@ class Delivery(BaseModel):
     produced_at: float | None = None
     attempt: int = 0
     not_before: float | None = None
+    redrive: bool = False
 
 
 class Outcome(StrEnum):

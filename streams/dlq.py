@@ -441,6 +441,7 @@ def dlq_redrive(dry_run: bool, yes: bool, **options: Any) -> None:
             record.source_partition,
             record.source_offset,
             record.integration_id,
+            redrive=True,
         )
         producer.send(record.tenant_id, orjson.dumps(record.alert.wire()), headers)
     producer.flush()

@@ -316,17 +316,21 @@ def replay_headers(
     partition: int,
     offset: int,
     only: str | None = None,
+    redrive: bool = False,
 ) -> list[Header]:
     """Headers of a replayed record: the original ones (e.g. an Avro content-type) minus
     any alertrelay routing headers, then where the alert was first read and, with
-    `only`, the one integration to deliver to."""
-    from streams.agents.router import ONLY_HEADER, SOURCE_HEADER
+    `only`, the one integration to deliver to. `redrive` marks an alert known not to be
+    at its destination (it came from the DLQ), so object sinks must not skip it."""
+    from streams.agents.router import ONLY_HEADER, REDRIVE_HEADER, SOURCE_HEADER
 
-    ours = {SOURCE_HEADER, ONLY_HEADER}
+    ours = {SOURCE_HEADER, ONLY_HEADER, REDRIVE_HEADER}
     headers: list[Header] = [(k, v) for k, v in original or () if k.lower() not in ours]
     headers.append((SOURCE_HEADER, f"{topic}/{partition}/{offset}".encode()))
     if only is not None:
         headers.append((ONLY_HEADER, only.encode()))
+    if redrive:
+        headers.append((REDRIVE_HEADER, b"1"))
     return headers
 
 

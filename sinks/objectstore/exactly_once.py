@@ -83,7 +83,9 @@ class ExactlyOnceObjects:
 
     async def write(self, writer: ObjectWriter, batch: Batch, codec: Codec, key_for: KeyFor) -> int:
         stored = await self.stored_up_to(writer, batch, key_for)
-        records = [r for r in batch.records if r.source_offset > stored]
+        # A redriven record is known not to be stored (its batch went to the DLQ), even
+        # when a later batch moved the high-water mark past it.
+        records = [r for r in batch.records if r.redrive or r.source_offset > stored]
         while records:
             key = key_for(records[0].source_offset)
             body = await asyncio.to_thread(encode_batch, records, codec)

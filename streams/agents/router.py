@@ -17,10 +17,18 @@ from streams import metrics
 from streams.delivery import Reporter
 from streams.topics import Topics
 
-__all__ = ["ONLY_HEADER", "SOURCE_HEADER", "make_router", "matching", "tenant_partition"]
+__all__ = [
+    "ONLY_HEADER",
+    "REDRIVE_HEADER",
+    "SOURCE_HEADER",
+    "make_router",
+    "matching",
+    "tenant_partition",
+]
 
 SOURCE_HEADER = "x-alertrelay-source"  # "<topic>/<partition>/<offset>" of the original
 ONLY_HEADER = "x-alertrelay-only"  # replay/redrive to this integration id only
+REDRIVE_HEADER = "x-alertrelay-redrive"  # from the DLQ: known not to be delivered
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +149,7 @@ def make_router(
             src_topic, src_partition, src_offset = source or (msg.topic, msg.partition, msg.offset)
             configs = matching(table.get(alert.tenant_id), alert.event_type, alert.risk_level)
             only = _header(msg, ONLY_HEADER) if msg.topic == replay_topic else None
+            redrive = msg.topic == replay_topic and _header(msg, REDRIVE_HEADER) is not None
             if only is not None:
                 configs = [c for c in configs if c["integration_id"].encode() == only]
             if not configs:
@@ -164,6 +173,7 @@ def make_router(
                     "source_offset": src_offset,
                     "routed_at": now,
                     "produced_at": msg.timestamp,
+                    "redrive": redrive,
                 }
                 topics.delivery[kind].send_soon(
                     key=f"{alert.tenant_id}/{config['integration_id']}".encode(),

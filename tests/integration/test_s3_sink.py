@@ -252,3 +252,16 @@ async def test_check_succeeds_on_an_existing_bucket(sink: S3Sink, bucket: str) -
     assert bucket in detail
     assert SECRET not in detail
     assert objects(bucket) == {}  # the marker is cleaned up
+
+
+async def test_a_redriven_record_is_written_although_the_mark_is_past_it(
+    sink: S3Sink, bucket: str
+) -> None:
+    """Its batch went to the DLQ while a later one was stored: the redrive must land."""
+    settings = s3_settings(bucket, "gzip")
+    await write(sink, make_batch(range(10, 20), settings))
+    redriven = make_batch(range(3, 4), settings)
+    redriven.records = [r.model_copy(update={"redrive": True}) for r in redriven.records]
+    await write(sink, redriven)
+    stored = [i for key in objects(bucket) for i in alert_ids(bucket, key)]
+    assert sorted(stored) == sorted([f"alert-{o}" for o in range(10, 20)] + ["alert-3"])
