@@ -70,6 +70,7 @@ class GCSSettings(BaseModel):
     bucket: str
     service_account_json: SecretStr
     compression: Literal["none", "gzip", "zstd"] = "gzip"
+    zstd_level: int = Field(default=3, ge=1, le=22)  # higher: smaller objects, more CPU
     prefix: str = Field(default="alertrelay", max_length=256, pattern=r"^[A-Za-z0-9!_.*'()/-]*$")
 
     @field_validator("bucket")

@@ -97,7 +97,7 @@ class GCSSink(BatchingSink[GCSSettings]):
         return key_for
 
     async def write(self, batch: Batch, settings: GCSSettings) -> int | None:
-        codec = get_codec(settings.compression)
+        codec = get_codec(settings.compression, zstd_level=settings.zstd_level)
         key_for = self._key_for(batch, settings, codec)
         return await self._once.write(self._writer(settings), batch, codec, key_for)
 

@@ -21,6 +21,7 @@ class S3Settings(BaseModel):
     region: str
     bucket: str
     compression: Literal["none", "gzip", "zstd"] = "gzip"
+    zstd_level: int = Field(default=3, ge=1, le=22)  # higher: smaller objects, more CPU
     prefix: str = Field(default="alertrelay", max_length=256, pattern=r"^[A-Za-z0-9!_.*'()/-]*$")
 
     @field_validator("secret_access_key")

@@ -72,7 +72,7 @@ class S3Sink(BatchingSink[S3Settings]):
         )
 
     async def write(self, batch: Batch, settings: S3Settings) -> int | None:
-        codec = get_codec(settings.compression)
+        codec = get_codec(settings.compression, zstd_level=settings.zstd_level)
 
         def key_for(first_offset: int) -> str:
             return self._key(batch, settings, first_offset, codec)

@@ -436,6 +436,27 @@ def test_s3_batches_by_count_and_time_with_deterministic_names(
         assert name.startswith(f"{topics.alerts}+{partition}+") and name.endswith(".jsonl.gz")
     assert max(len(v) for v in stored.values()) <= 10  # the count limit
 
+    # A replay of the same alerts leaves the object set unchanged.
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, **topics.env()}
+    result = CliRunner().invoke(main, ["replay", "--from", "-1h", "--tenant", tenant], env=env)
+    assert result.exit_code == 0, result.output
+
+    def replayed(records: list[dict[str, Any]]) -> bool:
+        seen = [
+            r["alert_id"]
+            for r in records
+            if r["alert_id"].startswith("s3-") and r["outcome"] == "delivered"
+        ]
+        return all(seen.count(i) >= 2 for i in expected)
+
+    consume(kafka_bootstrap, topics.status, min_count=1, until=replayed, timeout=60)
+    listing = s3.list_objects_v2(Bucket="alerts-bucket", Prefix=f"alertrelay/{tenant}/lake/")
+    assert {o["Key"] for o in listing.get("Contents", [])} == set(stored)
+
 
 def test_replay_topic_redelivers_with_the_same_keys_to_the_named_integration(
     kafka_bootstrap: str, topics: TopicSet, worker: WorkerProcess, receiver: WebhookReceiver

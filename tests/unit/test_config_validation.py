@@ -300,3 +300,13 @@ def test_errors_never_contain_the_secret(data: dict[str, Any], secret: str) -> N
         assert secret not in str(error)
         assert secret not in repr(error)
         assert all(secret not in reason for _, reason in error.errors)
+
+
+@pytest.mark.parametrize(("level", "ok"), [(1, True), (19, True), (0, False), (23, False)])
+def test_s3_zstd_level_is_configurable_within_zstd_range(level: int, ok: bool) -> None:
+    data = s3_config(compression="zstd", zstd_level=level)
+    if ok:
+        _, settings = validate_integration(data)
+        assert settings.zstd_level == level  # type: ignore[attr-defined]
+    else:
+        assert "settings.zstd_level" in fields_of(data)
