@@ -9,6 +9,7 @@ tenant's configs locally on whichever worker owns the alert's partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -120,7 +121,8 @@ def make_config_agents(
                     raw = data.get("settings")
                     if isinstance(raw, dict):  # the API seals secrets; a producer may not
                         data = {**data, "settings": box.open_settings(raw, f"{tenant}/{iid}")}
-                    config, settings = validate_integration(data)
+                    # Off the loop: a body pattern is test-rendered (bounded, up to ~1 s).
+                    config, settings = await asyncio.to_thread(validate_integration, data)
                     if (config.tenant_id, config.integration_id) != (tenant, iid):
                         raise ConfigError(
                             [("(key)", "key does not match tenant_id/integration_id")]

@@ -128,7 +128,7 @@ class IntegrationService:
 
     # -- writes -----------------------------------------------------------------------
 
-    def _validate(
+    async def _validate(
         self, tenant_id: str, body: Mapping[str, Any], integration_id: str | None = None
     ) -> tuple[IntegrationConfig, Any]:
         data = dict(body)
@@ -138,7 +138,7 @@ class IntegrationService:
         data.setdefault("integration_id", uuid.uuid4().hex[:12])
         data.pop("version", None)
         try:
-            config, settings = validate_integration(data)
+            config, settings = await asyncio.to_thread(validate_integration, data)
         except ConfigError as exc:
             raise ApiError(
                 422, {"errors": [{"field": f, "message": m} for f, m in exc.errors]}
@@ -191,7 +191,7 @@ class IntegrationService:
         }:
             raise ApiError(409, {"error": "an integration with this id exists: use PUT"})
         authorize(role, "write", str(body.get("type", "")))
-        config, settings = self._validate(tenant_id, body, integration_id)
+        config, settings = await self._validate(tenant_id, body, integration_id)
         if existing is not None and existing["type"] != config.type:
             raise ApiError(422, {"errors": [{"field": "type", "message": "cannot change"}]})
         self._check_name(config)
@@ -254,7 +254,7 @@ class IntegrationService:
         authorize(role, "test", str(body.get("type", "")))
         if role != "admin" and body.get("type") == "webhook":
             raise ApiError(403, {"error": "only admin tokens may test unsaved HTTP webhooks"})
-        config, settings = self._validate(tenant_id, body)
+        config, settings = await self._validate(tenant_id, body)
         return await self.test(config, settings)
 
     async def test_saved(self, tenant_id: str, integration_id: str, role: Role) -> Any:
@@ -264,7 +264,9 @@ class IntegrationService:
             opened = self.box.open_settings(stored["settings"], f"{tenant_id}/{integration_id}")
         except SecretBoxError as exc:
             return {"ok": False, "detail": str(exc), "latency_ms": 0.0}
-        config, settings = self._validate(tenant_id, {**stored, "settings": opened}, integration_id)
+        config, settings = await self._validate(
+            tenant_id, {**stored, "settings": opened}, integration_id
+        )
         return await self.test(config, settings)
 
 
