@@ -27,15 +27,16 @@ import re
 import socket
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 import httpcore
 import httpx
+import orjson
 
-from sinks.errors import DeliveryError, PermanentError, RetryableError
+from sinks.errors import DeliveryError, PermanentError, RetryableError, exception_chain
 
 __all__ = [
     "EGRESS_ALLOW_ENV",
@@ -53,6 +54,8 @@ __all__ = [
     "classify_response",
     "mtls_ssl_context",
     "redact_url",
+    "response_json",
+    "send_json",
 ]
 
 HOST_OVERRIDES_ENV = "ALERTRELAY_HOST_OVERRIDES"
@@ -444,7 +447,7 @@ def build_client(
     guard = EgressGuard.from_env() if guard is None else guard
     limits = httpx.Limits(
         max_connections=max_connections,
-        max_keepalive_connections=min(20, max_connections),
+        max_keepalive_connections=max_connections,  # no reconnect churn under load
         keepalive_expiry=5.0,
     )
     transport: httpx.AsyncBaseTransport = _GuardedHTTPTransport(
@@ -729,17 +732,8 @@ def classify_response(resp: httpx.Response, *, redact: Redactor, what: str) -> N
     raise PermanentError(message, status=status)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _tls_verification_detail(exc: BaseException) -> str | None:
-    links = list(_chain(exc))
+    links = list(exception_chain(exc))
     for link in links:
         if isinstance(link, ssl.SSLCertVerificationError):
             return str(link.verify_message or link.reason or "certificate verify failed")
@@ -779,3 +773,39 @@ def classify_exception(exc: Exception, *, redact: Redactor, what: str) -> Delive
     if isinstance(exc, httpx.TransportError | OSError):
         return RetryableError(f"{who} connection failed: {detail}")
     return RetryableError(f"{who} failed: {type(exc).__name__}: {detail}")
+
+
+# -- JSON APIs --------------------------------------------------------------------------
+
+
+def response_json(resp: httpx.Response) -> Any:
+    """The answer's body parsed as JSON, or None when it is not JSON."""
+    try:
+        return orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def send_json(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    redact: Redactor,
+    what: str,
+    params: dict[str, str] | None = None,
+    body: Any = None,
+) -> httpx.Response:
+    """One request to a JSON API, `body` (when given) sent as application/json; a failed
+    exchange raises its classified DeliveryError (naming `what`), an answer is returned
+    whatever its status."""
+    sent = dict(headers)
+    content = None
+    if body is not None:
+        sent["Content-Type"] = "application/json"
+        content = orjson.dumps(body)
+    try:
+        return await client.request(method, url, headers=sent, params=params, content=content)
+    except httpx.HTTPError as exc:
+        raise classify_exception(exc, redact=redact, what=what) from None
