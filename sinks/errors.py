@@ -6,7 +6,9 @@ A sink never waits or loops: it raises one of these and the shared retry policy
 
 from __future__ import annotations
 
-__all__ = ["DeliveryError", "PermanentError", "RetryableError"]
+from collections.abc import Iterator
+
+__all__ = ["DeliveryError", "PermanentError", "RetryableError", "exception_chain"]
 
 
 class DeliveryError(Exception):
@@ -37,3 +39,17 @@ class PermanentError(DeliveryError):
     """Trying again cannot help (bad config, rejected payload, denied access)."""
 
     retryable = False
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it (`__cause__`, else `__context__`), and so on, each once.
+
+    Sinks look through the chain for the underlying failure (a TLS verification or
+    certificate error wrapped by httpx or aiosmtplib) to say what went wrong.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

@@ -11,10 +11,17 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: bench/ and dev/demo.py load this file too
+    import datetime as dt
+
+    from schemas.models import Alert, Delivery, IntegrationConfig
+    from sinks.base import Batch
+    from sinks.registry import SinkContext
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # One key for the whole session: workers restarted in a test must open what others sealed.
@@ -24,10 +31,17 @@ __all__ = [
     "TEST_SECRET_KEYS",
     "TopicSet",
     "WorkerProcess",
+    "batch_of",
     "consume",
+    "delivery_of",
     "free_port",
     "make_alert",
     "produce",
+    "put_configs",
+    "sample_alert",
+    "sink_context",
+    "utf16_units",
+    "webhook_config",
 ]
 
 
@@ -235,3 +249,131 @@ def consume(
     finally:
         consumer.close()
     raise AssertionError(f"{topic}: expected {min_count} records, got {len(out)}: {out[-3:]}")
+
+
+# -- shared by the integration tests ------------------------------------------------------
+
+
+def webhook_config(tenant: str, iid: str, url: str, **extra: Any) -> dict[str, Any]:
+    """A webhook integration config posting to `url`; `settings=` adds settings, any other
+    keyword sets a top-level field."""
+    config: dict[str, Any] = {
+        "integration_id": iid,
+        "tenant_id": tenant,
+        "type": "webhook",
+        "name": f"hook {iid}",
+        "settings": {"webhook_url": url, "method": "POST", "protocol": "tcp"},
+    }
+    settings = extra.pop("settings", {})
+    config["settings"].update(settings)
+    config.update(extra)
+    return config
+
+
+def put_configs(
+    bootstrap: str,
+    topics: TopicSet,
+    worker: WorkerProcess | None,
+    *configs: dict[str, Any],
+    timeout: float = 60.0,
+) -> None:
+    """Produce configs; with a worker, wait until it holds them (they apply asynchronously)."""
+    before = (worker.health() or {}).get("integrations", 0) if worker else 0
+    produce(
+        bootstrap,
+        topics.integrations,
+        [(f"{c['tenant_id']}/{c['integration_id']}", c) for c in configs],
+    )
+    if worker is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (worker.health() or {}).get("integrations", 0) >= before + len(configs):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker never held the {len(configs)} new configs:\n{worker.log_tail()}")
+
+
+def sample_alert(**overrides: Any) -> Alert:
+    """The alert the vendor contract tests start from: every field set."""
+    import datetime as dt
+
+    from schemas.models import Alert
+
+    fields: dict[str, Any] = {
+        "alert_id": "alert-1",
+        "tenant_id": "tenant-a",
+        "event_type": "client_side_risk",
+        "risk_level": "high",
+        "title": "New script reads the payment form",
+        "detected_at": dt.datetime(2024, 5, 1, 12, 0, 1, tzinfo=dt.UTC),
+        "description": "cdn.tracker.example/x.js started reading card fields.",
+        "page_url": "https://shop.example.com/checkout",
+        "script_url": "https://cdn.tracker.example/x.js",
+        "domain": "shop.example.com",
+        "console_url": "https://console.example.com/alerts/1",
+        "details": {"pci_scope": "in", "script_hash": "abc123"},
+    }
+    fields.update(overrides)
+    return Alert.model_validate(fields)
+
+
+def delivery_of(
+    alert: Alert,
+    integration: IntegrationConfig,
+    *,
+    offset: int = 1,
+    config_version: int = 1,
+    topic: str = "alerts",
+    partition: int = 0,
+    produced_at: float | None = None,
+) -> Delivery:
+    """`alert` routed to `integration` now, as read from `topic`/`partition` at `offset`."""
+    from schemas.models import Delivery, idempotency_key
+
+    return Delivery(
+        alert=alert,
+        integration=integration,
+        config_version=config_version,
+        idempotency_key=idempotency_key(alert.alert_id, integration.integration_id),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        routed_at=time.time(),
+        produced_at=produced_at,
+    )
+
+
+def batch_of(records: Sequence[Delivery], *, day: dt.date, bytes_per_record: int) -> Batch:
+    """One batch of `records` (all of one integration, topic and partition, in order)."""
+    from sinks.base import Batch
+
+    first = records[0]
+    return Batch(
+        integration=first.integration,
+        topic=first.source_topic,
+        partition=first.source_partition,
+        first_offset=first.source_offset,
+        last_offset=records[-1].source_offset,
+        day=day,
+        records=list(records),
+        size_bytes=bytes_per_record * len(records),
+    )
+
+
+def sink_context(overrides: str = "") -> SinkContext:
+    """A sink's context in tests: `overrides` (ALERTRELAY_HOST_OVERRIDES form) send vendor
+    hosts to local fakes, and only 127.0.0.1 may be reached."""
+    from sinks.base import BatchLimits
+    from sinks.http import EgressGuard, HostOverrides
+    from sinks.registry import SinkContext
+
+    return SinkContext(
+        HostOverrides.parse(overrides), EgressGuard.parse("127.0.0.1/32"), BatchLimits()
+    )
+
+
+def utf16_units(text: str) -> int:
+    """Length in UTF-16 code units, as JavaScript and Java count it (the tests' own
+    measure, independent of the sinks' code)."""
+    return len(text.encode("utf-16-le")) // 2

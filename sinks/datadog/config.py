@@ -18,6 +18,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from sinks.validators import shaped_secret
+
 __all__ = ["INCIDENTS_PATH", "SITES", "DatadogSettings"]
 
 SITES = (
@@ -78,24 +80,22 @@ class DatadogSettings(BaseModel):
     @field_validator("api_key")
     @classmethod
     def _api_key(cls, value: SecretStr) -> SecretStr:
-        key = value.get_secret_value().strip()
-        if not re.fullmatch(r"[0-9a-fA-F]{32}", key):
-            raise ValueError(
-                "the API key must be 32 hexadecimal characters (Organization Settings > "
-                "API Keys); an application key has 40"
-            )
-        return SecretStr(key)
+        return shaped_secret(
+            value,
+            r"[0-9a-fA-F]{32}",
+            "the API key must be 32 hexadecimal characters (Organization Settings > "
+            "API Keys); an application key has 40",
+        )
 
     @field_validator("application_key")
     @classmethod
     def _application_key(cls, value: SecretStr) -> SecretStr:
-        key = value.get_secret_value().strip()
-        if not re.fullmatch(r"[0-9a-fA-F]{40}", key):
-            raise ValueError(
-                "the application key must be 40 hexadecimal characters (Organization "
-                "Settings > Application Keys); an API key has 32"
-            )
-        return SecretStr(key)
+        return shaped_secret(
+            value,
+            r"[0-9a-fA-F]{40}",
+            "the application key must be 40 hexadecimal characters (Organization "
+            "Settings > Application Keys); an API key has 32",
+        )
 
     @property
     def site(self) -> str:

@@ -28,25 +28,22 @@ match is checked here, so a search that matches loosely can never suppress a new
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-import orjson
 
 from schemas.models import Alert, Delivery, EventType, IntegrationConfig, RiskLevel
 from sinks.base import PerAlertSink
 from sinks.datadog.config import INCIDENTS_PATH, DatadogSettings
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import Redactor, build_client, classify_exception, classify_response
+from sinks.http import Redactor, build_client, classify_response, response_json, send_json
+from sinks.keyed import KeyedLocks, RecentlyCreated
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
@@ -230,40 +227,12 @@ def build_incident(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return orjson.loads(resp.content)
-    except orjson.JSONDecodeError:
-        return None
-
-
 def _errors(resp: httpx.Response) -> str:
-    body = _json(resp)
+    body = response_json(resp)
     errors = body.get("errors") if isinstance(body, dict) else None
     if isinstance(errors, list):
         return "; ".join(str(e) for e in errors if e)
     return ""
-
-
-class _KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class DatadogSink(PerAlertSink[DatadogSettings]):
@@ -274,9 +243,9 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
 
     def __init__(self, ctx: SinkContext) -> None:
         self._client = build_client(overrides=ctx.overrides, guard=ctx.guard)
-        self._created: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._created: RecentlyCreated[tuple[str, str]] = RecentlyCreated(_MEMO_MAX)
         self._no_search_until: dict[str, float] = {}
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -310,18 +279,16 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
         params: dict[str, str] | None = None,
         body: Any = None,
     ) -> httpx.Response:
-        headers = self._headers(settings)
-        content = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            content = orjson.dumps(body)
-        try:
-            return await self._client.request(
-                method, settings.api_base + path, headers=headers, params=params, content=content
-            )
-        except httpx.HTTPError as exc:
-            what = f"Datadog api.{settings.site}"
-            raise classify_exception(exc, redact=redact, what=what) from None
+        return await send_json(
+            self._client,
+            method,
+            settings.api_base + path,
+            headers=self._headers(settings),
+            redact=redact,
+            what=f"Datadog api.{settings.site}",
+            params=params,
+            body=body,
+        )
 
     @staticmethod
     def _fail(
@@ -394,7 +361,7 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
             return None, None
         if resp.status_code != 200:
             raise self._fail(resp, settings, redact, "search for an existing incident")
-        body = _json(resp)
+        body = response_json(resp)
         data = body.get("data") if isinstance(body, dict) else None
         attributes = data.get("attributes") if isinstance(data, dict) else None
         found = attributes.get("incidents") if isinstance(attributes, dict) else None
@@ -409,11 +376,7 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
         return None, resp.status_code
 
     def _remember(self, settings: DatadogSettings, marker: str, incident_id: str) -> None:
-        key = (settings.api_base, marker)
-        self._created[key] = incident_id
-        self._created.move_to_end(key)
-        while len(self._created) > _MEMO_MAX:
-            self._created.popitem(last=False)
+        self._created.remember((settings.api_base, marker), incident_id)
 
     async def send(self, delivery: Delivery, settings: DatadogSettings) -> int | None:
         """Create the alert's incident unless the search finds it.
@@ -440,7 +403,7 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
             )
             if resp.status_code not in (200, 201):
                 raise self._fail(resp, settings, redact, "create the incident")
-            created = _json(resp)
+            created = response_json(resp)
             data = created.get("data") if isinstance(created, dict) else None
             self._remember(settings, marker, str(data.get("id") if isinstance(data, dict) else "?"))
             return resp.status_code
@@ -458,7 +421,7 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
         resp = await self._call("GET", _VALIDATE_PATH, settings, redact)
         if resp.status_code != 200:
             raise self._fail(resp, settings, redact, "validate the keys")
-        body = _json(resp)
+        body = response_json(resp)
         if not (isinstance(body, dict) and body.get("status") == "ok"):
             raise PermanentError(f"Datadog api.{settings.site} did not confirm the keys")
         probe = dedup_marker(f"alertrelay-check-{time.time_ns()}")

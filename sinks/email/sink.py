@@ -46,7 +46,7 @@ import httpx
 from schemas.models import Delivery, EventType, IntegrationConfig, RiskLevel
 from sinks.base import PerAlertSink, test_delivery
 from sinks.email.config import EmailSettings, ascii_address
-from sinks.errors import DeliveryError, PermanentError, RetryableError
+from sinks.errors import DeliveryError, PermanentError, RetryableError, exception_chain
 from sinks.http import Redactor
 
 if TYPE_CHECKING:
@@ -422,17 +422,8 @@ def _named(items: Mapping[str, str]) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def _chain(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _tls_verification(exc: BaseException) -> str | None:
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         if isinstance(link, ssl.SSLCertVerificationError):
             return str(link.verify_message or link.reason or "certificate verify failed")
         if "CERTIFICATE_VERIFY_FAILED" in str(link):
@@ -441,7 +432,7 @@ def _tls_verification(exc: BaseException) -> str | None:
 
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    return next((link for link in _chain(exc) if isinstance(link, ssl.SSLError)), None)
+    return next((link for link in exception_chain(exc) if isinstance(link, ssl.SSLError)), None)
 
 
 _STAGE_TEXT = {

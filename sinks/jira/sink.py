@@ -33,24 +33,21 @@ create screen, which is exactly what a create would be refused for. The older
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-import orjson
 
 from schemas.models import Alert, Delivery, EventType, IntegrationConfig, RiskLevel
 from sinks.base import PerAlertSink
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import Redactor, build_client, classify_exception, classify_response
+from sinks.http import Redactor, build_client, classify_response, response_json, send_json
 from sinks.jira.config import JiraSettings
+from sinks.keyed import KeyedLocks, RecentlyCreated
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
@@ -197,43 +194,15 @@ def build_issue(delivery: Delivery, settings: JiraSettings) -> dict[str, Any]:
     return {"fields": fields}
 
 
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return orjson.loads(resp.content)
-    except orjson.JSONDecodeError:
-        return None
-
-
 def _jira_errors(resp: httpx.Response) -> tuple[list[str], dict[str, str]]:
     """(errorMessages, errors) of Jira's error body; empty when it is not one."""
-    body = _json(resp)
+    body = response_json(resp)
     if not isinstance(body, dict):
         return [], {}
     messages = [str(m) for m in body.get("errorMessages") or [] if m]
     raw = body.get("errors")
     errors = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     return messages, errors
-
-
-class _KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class JiraSink(PerAlertSink[JiraSettings]):
@@ -244,8 +213,8 @@ class JiraSink(PerAlertSink[JiraSettings]):
 
     def __init__(self, ctx: SinkContext) -> None:
         self._client = build_client(overrides=ctx.overrides, guard=ctx.guard)
-        self._created: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._locks = _KeyedLocks()
+        self._created: RecentlyCreated[tuple[str, str]] = RecentlyCreated(_MEMO_MAX)
+        self._locks = KeyedLocks()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -273,17 +242,16 @@ class JiraSink(PerAlertSink[JiraSettings]):
         params: dict[str, str] | None = None,
         body: Any = None,
     ) -> httpx.Response:
-        headers = self._headers(settings)
-        content = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            content = orjson.dumps(body)
-        try:
-            return await self._client.request(
-                method, settings.base_url + path, headers=headers, params=params, content=content
-            )
-        except httpx.HTTPError as exc:
-            raise classify_exception(exc, redact=redact, what=f"Jira {settings.site}") from None
+        return await send_json(
+            self._client,
+            method,
+            settings.base_url + path,
+            headers=self._headers(settings),
+            redact=redact,
+            what=f"Jira {settings.site}",
+            params=params,
+            body=body,
+        )
 
     def _fail(
         self, resp: httpx.Response, settings: JiraSettings, redact: Redactor, action: str
@@ -408,7 +376,7 @@ class JiraSink(PerAlertSink[JiraSettings]):
         )
         if resp.status_code != 200:
             raise self._fail(resp, settings, redact, "search for an existing issue")
-        body = _json(resp)
+        body = response_json(resp)
         issues = body.get("issues") if isinstance(body, dict) else None
         if not isinstance(issues, list):
             raise RetryableError(f"Jira {settings.site} answered the search without issues")
@@ -416,10 +384,7 @@ class JiraSink(PerAlertSink[JiraSettings]):
         return (first if isinstance(first, dict) else None), resp.status_code
 
     def _remember(self, settings: JiraSettings, label: str, issue_key: str) -> None:
-        self._created[(settings.site, label)] = issue_key
-        self._created.move_to_end((settings.site, label))
-        while len(self._created) > _MEMO_MAX:
-            self._created.popitem(last=False)
+        self._created.remember((settings.site, label), issue_key)
 
     async def send(self, delivery: Delivery, settings: JiraSettings) -> int | None:
         """Create the alert's issue unless one with its label exists.
@@ -457,7 +422,7 @@ class JiraSink(PerAlertSink[JiraSettings]):
                         status=resp.status_code,
                     )
                 raise self._fail(resp, settings, redact, "create the issue")
-            created = _json(resp)
+            created = response_json(resp)
             new_key = created.get("key") if isinstance(created, dict) else None
             self._remember(settings, label, str(new_key or "?"))
             return resp.status_code
@@ -480,7 +445,7 @@ class JiraSink(PerAlertSink[JiraSettings]):
             )
             if resp.status_code != 200:
                 raise self._fail(resp, settings, redact, "read the project's create metadata")
-            body = _json(resp)
+            body = response_json(resp)
             if not isinstance(body, dict):
                 raise PermanentError(f"Jira {settings.site} answered createmeta without JSON")
             page: list[Any] = next((body[k] for k in keys if isinstance(body.get(k), list)), [])
@@ -499,7 +464,7 @@ class JiraSink(PerAlertSink[JiraSettings]):
         resp = await self._call("GET", "/rest/api/2/myself", settings, redact)
         if resp.status_code != 200:
             raise self._fail(resp, settings, redact, "read the account (myself)")
-        me = _json(resp)
+        me = response_json(resp)
         me = me if isinstance(me, dict) else {}
         email = me.get("emailAddress")
         if isinstance(email, str) and email and email.lower() != settings.reporter_email.lower():

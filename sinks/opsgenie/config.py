@@ -16,6 +16,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
+from sinks.validators import regional_url, shaped_secret
+
 __all__ = ["ALERTS_URL", "EU_ALERTS_URL", "OpsgenieSettings"]
 
 ALERTS_URL = "https://api.opsgenie.com/v2/alerts"
@@ -37,13 +39,14 @@ class OpsgenieSettings(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _alerts_url(cls, value: str) -> str:
-        match = _URL.fullmatch(value.strip())
-        if match is None:
-            raise ValueError(
-                f"Opsgenie webhook URL must be {ALERTS_URL} "
-                f"(or {EU_ALERTS_URL} for accounts hosted in the EU)"
-            )
-        return EU_ALERTS_URL if match.group(1) else ALERTS_URL
+        return regional_url(
+            value,
+            _URL,
+            ALERTS_URL,
+            EU_ALERTS_URL,
+            f"Opsgenie webhook URL must be {ALERTS_URL} "
+            f"(or {EU_ALERTS_URL} for accounts hosted in the EU)",
+        )
 
     @field_validator("team_id")
     @classmethod
@@ -59,10 +62,9 @@ class OpsgenieSettings(BaseModel):
     @field_validator("api_key")
     @classmethod
     def _key_uuid(cls, value: SecretStr) -> SecretStr:
-        key = value.get_secret_value().strip()
-        if not _UUID.fullmatch(key):
-            raise ValueError(
-                "Opsgenie API key must be the API key of an Opsgenie API integration "
-                "(a UUID of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
-            )
-        return SecretStr(key)
+        return shaped_secret(
+            value,
+            _UUID,
+            "Opsgenie API key must be the API key of an Opsgenie API integration "
+            "(a UUID of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)",
+        )

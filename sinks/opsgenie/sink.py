@@ -23,10 +23,12 @@ from sinks.http import (
     MAX_RETRY_AFTER,
     Redactor,
     build_client,
-    classify_exception,
     classify_response,
+    response_json,
+    send_json,
 )
 from sinks.opsgenie.config import OpsgenieSettings
+from sinks.text import clip_utf16, rfc3339, utf16_len
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
@@ -54,36 +56,11 @@ DETAILS_TOTAL_MAX: Final = 8000
 """Opsgenie documents 8000 characters for all custom properties together."""
 _DETAIL_VALUE_MAX: Final = 1000
 SOURCE: Final = "alertrelay"
-_ELLIPSIS: Final = "…"
 
 _EVENT_LABELS: Final[Mapping[EventType, str]] = {
     EventType.CLIENT_SIDE_RISK: "Client-side risk",
     EventType.PCI_SCOPE_CHANGE: "PCI scope change",
 }
-
-
-def _units(text: str) -> int:
-    """Length in UTF-16 code units (how Opsgenie, a Java service, counts)."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
-
-
-def _clip(text: str, limit: int) -> str:
-    """At most `limit` UTF-16 units, cut at a character boundary and marked with "…"."""
-    if len(text) * 2 <= limit or _units(text) <= limit:
-        return text
-    out: list[str] = []
-    used = 0
-    for ch in text[:limit]:
-        width = 2 if ord(ch) > 0xFFFF else 1
-        if used + width > limit - len(_ELLIPSIS):
-            break
-        out.append(ch)
-        used += width
-    return "".join(out) + _ELLIPSIS
-
-
-def _rfc3339(alert: Alert) -> str:
-    return alert.detected_at.isoformat().replace("+00:00", "Z")
 
 
 def _description(alert: Alert) -> str:
@@ -97,7 +74,7 @@ def _description(alert: Alert) -> str:
         ("Domain", alert.domain),
         ("Page", alert.page_url),
         ("Script", alert.script_url),
-        ("Detected", _rfc3339(alert)),
+        ("Detected", rfc3339(alert)),
         ("Console", alert.console_url),
     )
     lines += [f"{label}: {value}" for label, value in labelled if value]
@@ -105,7 +82,7 @@ def _description(alert: Alert) -> str:
         lines += ["", alert.description]
     if alert.details:
         lines += ["", "Details:"] + [f"{k}: {v}" for k, v in alert.details.items()]
-    return _clip("\n".join(lines), DESCRIPTION_MAX)
+    return clip_utf16("\n".join(lines), DESCRIPTION_MAX)
 
 
 def _details(alert: Alert) -> dict[str, str]:
@@ -116,7 +93,7 @@ def _details(alert: Alert) -> dict[str, str]:
         "tenant_id": alert.tenant_id,
         "event_type": alert.event_type.value,
         "risk_level": alert.risk_level.value,
-        "detected_at": _rfc3339(alert),
+        "detected_at": rfc3339(alert),
         "domain": alert.domain,
         "page_url": alert.page_url,
         "script_url": alert.script_url,
@@ -128,8 +105,8 @@ def _details(alert: Alert) -> dict[str, str]:
     out: dict[str, str] = {}
     used = 0
     for key, value in merged.items():
-        key, value = _clip(key, 100), _clip(value, _DETAIL_VALUE_MAX)
-        size = _units(key) + _units(value)
+        key, value = clip_utf16(key, 100), clip_utf16(value, _DETAIL_VALUE_MAX)
+        size = utf16_len(key) + utf16_len(value)
         if used + size > DETAILS_TOTAL_MAX - 100:
             out["alertrelay_note"] = f"{len(merged) - len(out)} more details in the console"
             break
@@ -151,17 +128,17 @@ def build_alert(
     message = f"[{alert.risk_level.value.upper()}] {' '.join(alert.title.split())}"  # one line
     tags = ["alertrelay", alert.event_type.value, f"risk:{alert.risk_level.value}", *extra_tags]
     body: dict[str, Any] = {
-        "message": _clip(message, MESSAGE_MAX),
+        "message": clip_utf16(message, MESSAGE_MAX),
         "alias": (alias or delivery.idempotency_key)[:ALIAS_MAX],
         "description": _description(alert),
         "responders": [{"type": "team", "id": settings.team_id}],
-        "tags": [_clip(t, TAG_MAX) for t in tags][:TAGS_MAX],
+        "tags": [clip_utf16(t, TAG_MAX) for t in tags][:TAGS_MAX],
         "details": _details(alert),
-        "source": _clip(SOURCE, SOURCE_MAX),
+        "source": clip_utf16(SOURCE, SOURCE_MAX),
         "priority": priority or PRIORITY[alert.risk_level],
     }
     if alert.domain:
-        body["entity"] = _clip(alert.domain, ENTITY_MAX)
+        body["entity"] = clip_utf16(alert.domain, ENTITY_MAX)
     return body
 
 
@@ -174,10 +151,7 @@ def connection_test_alias(integration: IntegrationConfig) -> str:
 
 def _error_body(response: httpx.Response) -> tuple[str, str, dict[str, str]]:
     """(message, requestId, per-field errors) from Opsgenie's error JSON."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return "", "", {}
+    body = response_json(response)
     if not isinstance(body, dict):
         return "", "", {}
     message = body.get("message")
@@ -232,20 +206,20 @@ class OpsgenieSink(PerAlertSink[OpsgenieSettings]):
     ) -> tuple[int, dict[str, Any]]:
         redact = Redactor(self.secrets(settings))
         what = "Opsgenie Alert API"
-        try:
-            response = await self._client.post(
-                settings.webhook_url, content=orjson.dumps(body), headers=self._headers(settings)
-            )
-        except httpx.HTTPError as exc:
-            raise classify_exception(exc, redact=redact, what=what) from None
+        response = await send_json(
+            self._client,
+            "POST",
+            settings.webhook_url,
+            headers=self._headers(settings),
+            redact=redact,
+            what=what,
+            body=body,
+        )
         try:
             classify_response(response, redact=redact, what=what)
         except DeliveryError as generic:
             raise self._vendor_error(response, generic, redact) from None
-        try:
-            answer = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            answer = {}
+        answer = response_json(response)
         return response.status_code, answer if isinstance(answer, dict) else {}
 
     @staticmethod

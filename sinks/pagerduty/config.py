@@ -13,6 +13,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
+from sinks.validators import regional_url, shaped_secret
+
 __all__ = ["ENQUEUE_URL", "PagerDutySettings"]
 
 ENQUEUE_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -33,21 +35,21 @@ class PagerDutySettings(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _enqueue_url(cls, value: str) -> str:
-        match = _URL.fullmatch(value.strip())
-        if match is None:
-            raise ValueError(
-                f"PagerDuty webhook URL must be {ENQUEUE_URL} "
-                f"(or {EU_ENQUEUE_URL} for accounts in the EU service region)"
-            )
-        return EU_ENQUEUE_URL if match.group(1) else ENQUEUE_URL
+        return regional_url(
+            value,
+            _URL,
+            ENQUEUE_URL,
+            EU_ENQUEUE_URL,
+            f"PagerDuty webhook URL must be {ENQUEUE_URL} "
+            f"(or {EU_ENQUEUE_URL} for accounts in the EU service region)",
+        )
 
     @field_validator("api_key")
     @classmethod
     def _routing_key(cls, value: SecretStr) -> SecretStr:
-        key = value.get_secret_value().strip()
-        if not _ROUTING_KEY.fullmatch(key):
-            raise ValueError(
-                "PagerDuty API key must be the 32-character Integration Key (letters and "
-                "digits) of an Events API v2 integration on the service, not a REST API key"
-            )
-        return SecretStr(key)
+        return shaped_secret(
+            value,
+            _ROUTING_KEY,
+            "PagerDuty API key must be the 32-character Integration Key (letters and "
+            "digits) of an Events API v2 integration on the service, not a REST API key",
+        )

@@ -19,8 +19,15 @@ import orjson
 from schemas.models import Alert, Delivery, IntegrationConfig, RiskLevel
 from sinks.base import PerAlertSink, test_delivery
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import Redactor, build_client, classify_exception, classify_response
+from sinks.http import (
+    Redactor,
+    build_client,
+    classify_response,
+    response_json,
+    send_json,
+)
 from sinks.pagerduty.config import PagerDutySettings
+from sinks.text import clip_utf16, rfc3339
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
@@ -41,28 +48,6 @@ DEDUP_KEY_MAX: Final = 255
 EVENT_MAX_BYTES: Final = 512 * 1024
 _SHORT_FIELD_MAX: Final = 255  # source, component, group, class: identifiers, kept short
 _DETAIL_VALUE_MAX: Final = 1024  # per value, only when the event would exceed 512 KB
-_ELLIPSIS: Final = "…"
-
-
-def _units(text: str) -> int:
-    """Length in UTF-16 code units: never less than the character count, so a limit met
-    in units is met however the vendor counts."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
-
-
-def _clip(text: str, limit: int) -> str:
-    """At most `limit` UTF-16 units, cut at a character boundary and marked with "…"."""
-    if len(text) * 2 <= limit or _units(text) <= limit:
-        return text
-    out: list[str] = []
-    used = 0
-    for ch in text[:limit]:
-        width = 2 if ord(ch) > 0xFFFF else 1
-        if used + width > limit - len(_ELLIPSIS):
-            break
-        out.append(ch)
-        used += width
-    return "".join(out) + _ELLIPSIS
 
 
 def _host(url: str | None) -> str | None:
@@ -74,10 +59,6 @@ def _host(url: str | None) -> str | None:
         return None
 
 
-def _rfc3339(alert: Alert) -> str:
-    return alert.detected_at.isoformat().replace("+00:00", "Z")
-
-
 def _custom_details(alert: Alert) -> dict[str, Any]:
     details: dict[str, Any] = {
         "alert_id": alert.alert_id,
@@ -85,7 +66,7 @@ def _custom_details(alert: Alert) -> dict[str, Any]:
         "event_type": alert.event_type.value,
         "risk_level": alert.risk_level.value,
         "title": alert.title,
-        "detected_at": _rfc3339(alert),
+        "detected_at": rfc3339(alert),
     }
     for name in ("description", "domain", "page_url", "script_url", "console_url"):
         value = getattr(alert, name)
@@ -108,10 +89,11 @@ def _fit(event: dict[str, Any]) -> dict[str, Any]:
     custom: dict[str, Any] = event["payload"]["custom_details"]
     for name, value in list(custom.items()):
         if isinstance(value, str):
-            custom[name] = _clip(value, 8 * _DETAIL_VALUE_MAX)
+            custom[name] = clip_utf16(value, 8 * _DETAIL_VALUE_MAX)
     if isinstance(custom.get("details"), dict):
         custom["details"] = {
-            _clip(k, 256): _clip(v, _DETAIL_VALUE_MAX) for k, v in custom["details"].items()
+            clip_utf16(k, 256): clip_utf16(v, _DETAIL_VALUE_MAX)
+            for k, v in custom["details"].items()
         }
     if _size(event) > EVENT_MAX_BYTES:
         count = len(custom.get("details") or {})
@@ -127,17 +109,17 @@ def build_event(delivery: Delivery, settings: PagerDutySettings) -> dict[str, An
         summary += f" on {alert.domain}"
     source = alert.domain or _host(alert.page_url) or "alertrelay"
     payload: dict[str, Any] = {
-        "summary": _clip(summary, SUMMARY_MAX),
-        "source": _clip(source, _SHORT_FIELD_MAX),
+        "summary": clip_utf16(summary, SUMMARY_MAX),
+        "source": clip_utf16(source, _SHORT_FIELD_MAX),
         "severity": SEVERITY[alert.risk_level],
-        "timestamp": _rfc3339(alert),
-        "group": _clip(alert.tenant_id, _SHORT_FIELD_MAX),
+        "timestamp": rfc3339(alert),
+        "group": clip_utf16(alert.tenant_id, _SHORT_FIELD_MAX),
         "class": alert.event_type.value,
         "custom_details": _custom_details(alert),
     }
     component = _host(alert.script_url) or _host(alert.page_url)
     if component:
-        payload["component"] = _clip(component, _SHORT_FIELD_MAX)
+        payload["component"] = clip_utf16(component, _SHORT_FIELD_MAX)
     event: dict[str, Any] = {
         "routing_key": settings.api_key.get_secret_value(),
         "event_action": "trigger",
@@ -162,10 +144,7 @@ def build_resolve(dedup_key: str, settings: PagerDutySettings) -> dict[str, Any]
 
 def _errors_of(response: httpx.Response) -> tuple[str, list[str]]:
     """PagerDuty's (message, errors) from a 400 body; empty when it is not JSON."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return "", []
+    body = response_json(response)
     if not isinstance(body, dict):
         return "", []
     message = body.get("message")
@@ -191,14 +170,15 @@ class PagerDutySink(PerAlertSink[PagerDutySettings]):
     async def _enqueue(self, event: dict[str, Any], settings: PagerDutySettings) -> int:
         redact = Redactor(self.secrets(settings))
         what = "PagerDuty Events API"
-        try:
-            response = await self._client.post(
-                settings.webhook_url,
-                content=orjson.dumps(event),
-                headers={"Content-Type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise classify_exception(exc, redact=redact, what=what) from None
+        response = await send_json(
+            self._client,
+            "POST",
+            settings.webhook_url,
+            headers={},
+            redact=redact,
+            what=what,
+            body=event,
+        )
         try:
             classify_response(response, redact=redact, what=what)
         except DeliveryError as generic:

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-import orjson
 
 from schemas.models import Alert, Delivery, EventType, IntegrationConfig, RiskLevel
 from sinks.base import PerAlertSink, test_delivery
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import Redactor, build_client, classify_exception, classify_response
+from sinks.http import Redactor, build_client, classify_response, send_json
 from sinks.slack.config import SlackSettings
+from sinks.text import ELLIPSIS, utf16_len
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
@@ -62,7 +62,6 @@ FALLBACK_TEXT_MAX: Final = 3000
 """Our own bound for the `text` fallback: it is a notification preview, not the message."""
 _URL_LABEL_MAX: Final = 200
 _DETAIL_VALUE_MAX: Final = 500
-_ELLIPSIS: Final = "…"
 
 
 @dataclass(frozen=True)
@@ -87,11 +86,7 @@ EVENT_LABELS: Final[Mapping[EventType, str]] = {
 
 
 # -- text helpers ----------------------------------------------------------------------
-
-
-def _width(text: str) -> int:
-    """Length in UTF-16 code units: Slack counts lengths as JavaScript does."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+# Lengths are in UTF-16 code units (`utf16_len`): Slack counts them as JavaScript does.
 
 
 def _escape_char(ch: str) -> str:
@@ -108,19 +103,19 @@ def _clip(text: str, limit: int, *, escape: bool = False) -> str:
     """`text` (escaped for mrkdwn when asked) in at most `limit` UTF-16 units, cut with
     "…" at a character boundary, never inside an escape sequence."""
     pieces = [_escape_char(ch) for ch in text] if escape else list(text)
-    total = sum(_width(p) for p in pieces)
+    total = sum(utf16_len(p) for p in pieces)
     if total <= limit:
         return "".join(pieces)
-    budget = limit - len(_ELLIPSIS)
+    budget = limit - len(ELLIPSIS)
     out: list[str] = []
     used = 0
     for piece in pieces:
-        width = _width(piece)
+        width = utf16_len(piece)
         if used + width > budget:
             break
         out.append(piece)
         used += width
-    return "".join(out) + _ELLIPSIS
+    return "".join(out) + ELLIPSIS
 
 
 def _esc(text: str) -> str:
@@ -140,7 +135,7 @@ def _link(url: str, limit: int, label: str | None = None) -> str:
     shown = _clip(label or url, _URL_LABEL_MAX, escape=True)
     if _is_http_url(url):
         link = f"<{_esc(url.replace('|', '%7C'))}|{shown}>"
-        if _width(link) <= limit:
+        if utf16_len(link) <= limit:
             return link
     return _clip(url, limit, escape=True)
 
@@ -169,11 +164,11 @@ def _details_text(details: Mapping[str, str]) -> str:
         line = f"• *{_clip(key, 100, escape=True)}*: {_clip(value, _DETAIL_VALUE_MAX, escape=True)}"
         rest = len(details) - index
         reserve = len(f"\n_…and {rest} more in the console_")
-        if used + 1 + _width(line) + reserve > SECTION_TEXT_MAX:
+        if used + 1 + utf16_len(line) + reserve > SECTION_TEXT_MAX:
             lines.append(f"_…and {rest} more in the console_")
             break
         lines.append(line)
-        used += 1 + _width(line)
+        used += 1 + utf16_len(line)
     return "\n".join([head, *lines])
 
 
@@ -458,14 +453,9 @@ class SlackSink(PerAlertSink[SlackSettings]):
     ) -> int:
         redact = Redactor(self.secrets(settings))
         what = f"Slack webhook for {settings.channel}"
-        try:
-            response = await self._client.post(
-                url,
-                content=orjson.dumps(message),
-                headers={"Content-Type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise classify_exception(exc, redact=redact, what=what) from None
+        response = await send_json(
+            self._client, "POST", url, headers={}, redact=redact, what=what, body=message
+        )
         try:
             classify_response(response, redact=redact, what=what)
         except DeliveryError as generic:

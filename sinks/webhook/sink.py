@@ -36,7 +36,6 @@ import hashlib
 import hmac
 import ssl
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -44,7 +43,7 @@ import orjson
 
 from schemas.models import Delivery, IntegrationConfig
 from sinks.base import PerAlertSink, test_delivery
-from sinks.errors import DeliveryError, PermanentError
+from sinks.errors import DeliveryError, PermanentError, exception_chain
 from sinks.http import (
     Redactor,
     build_client,
@@ -151,19 +150,10 @@ def build_request(
     return settings.method, settings.webhook_url.get_secret_value(), headers, body
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _certificate_refusal(exc: BaseException) -> str | None:
     """The TLS alert with which the server refused our client certificate, if that is
     what happened (e.g. `tlsv13 alert certificate required`)."""
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         text = str(link)
         if isinstance(link, ssl.SSLError) and link.reason:
             text = f"{link.reason} {text}"

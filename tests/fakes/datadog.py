@@ -25,16 +25,13 @@ What it enforces (VENDORS.md, Datadog Incidents API v2):
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes._server import ApiRequest, RoutedFake, wait_for_count
 
 __all__ = ["Answer", "FakeDatadog", "Received"]
 
@@ -60,17 +57,7 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
+class Received(ApiRequest):
     @property
     def meant_for(self) -> str:
         """The vendor host the client addressed (set by the host-override transport)."""
@@ -81,7 +68,10 @@ def _bad(*messages: str) -> Answer:
     return Answer(400, {"errors": list(messages)})
 
 
-class FakeDatadog:
+class FakeDatadog(RoutedFake[Received, Answer]):
+    methods = ("GET", "POST", "PATCH", "DELETE")
+    request_type = Received
+
     def __init__(
         self,
         api_key: str = "0123456789abcdef0123456789abcdef",
@@ -89,100 +79,22 @@ class FakeDatadog:
         *,
         permissions: tuple[str, ...] = ("incident_read", "incident_write"),
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.app_key = app_key
         self.permissions = set(permissions)
         self.search_lag = 0.0
         self.incidents: list[dict[str, Any]] = []
-        self.requests: list[Received] = []
         self._created_at: dict[str, float] = {}
-        self._script: dict[str, deque[Answer]] = {}
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                received = Received(
-                    self.command,
-                    parts.path,
-                    parse_qs(parts.query),
-                    dict(self.headers.items()),
-                    body,
-                    time.time(),
-                )
-                with fake._lock:
-                    fake.requests.append(received)
-                answer = fake._route(received)
-                payload = b"" if answer.body is None else json.dumps(answer.body).encode()
-                self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json")
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> FakeDatadog:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeDatadog:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- test helpers --------------------------------------------------------------------
-
-    def script(self, path: str, *answers: Answer) -> None:
-        with self._lock:
-            self._script[path] = deque(answers)
-
-    def received(self, method: str | None = None, path: str | None = None) -> list[Received]:
-        with self._lock:
-            return [
-                r
-                for r in self.requests
-                if (method is None or r.method == method) and (path is None or r.path == path)
-            ]
 
     def created(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.incidents)
 
     def wait_for_incidents(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.created()) >= count:
-                return self.created()
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} incidents, got {len(self.created())}")
+        return wait_for_count(self.created, count, timeout, "incidents")
 
     # -- the API -------------------------------------------------------------------------
 
@@ -196,10 +108,6 @@ class FakeDatadog:
         return None
 
     def _route(self, req: Received) -> Answer:
-        with self._lock:
-            queue = self._script.get(req.path)
-            if queue:
-                return queue.popleft()
         path = req.path.rstrip("/")
         if req.method == "POST" and path == "/api/v2/incidents":
             return self._auth(req, "incident_write") or self._create(req)

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.fakes._server import ContextManaged
 from tests.harness import free_port
 
 __all__ = ["FakeGCS", "binary_path", "private_key_pem", "service_account_json"]
@@ -65,7 +66,7 @@ def binary_path() -> Path:
     return path
 
 
-class FakeGCS:
+class FakeGCS(ContextManaged):
     """`fake-gcs-server -scheme http -host 127.0.0.1 -port P -backend memory`."""
 
     def __init__(self) -> None:
@@ -128,9 +129,3 @@ class FakeGCS:
             credentials=AnonymousCredentials(),
             client_options={"api_endpoint": self.url},
         )
-
-    def __enter__(self) -> FakeGCS:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

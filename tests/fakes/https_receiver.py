@@ -22,14 +22,14 @@ import hmac
 import json
 import socket
 import ssl
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import trustme
+
+from tests.fakes._server import AnswerQueue, FakeHTTPServer, reply, wait_for_count
 
 __all__ = ["Answer", "HandshakeFailure", "HttpsReceiver", "Received", "subject_of"]
 
@@ -78,9 +78,14 @@ def subject_of(peer: dict[str, Any] | None) -> dict[str, str] | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, receiver: HttpsReceiver, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        receiver: HttpsReceiver,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+    ) -> None:
         self.receiver = receiver
-        super().__init__(("127.0.0.1", 0), handler)
+        super().__init__(address, handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """The TLS handshake happens here, in the connection's own thread, so a client
@@ -106,8 +111,10 @@ class _Server(ThreadingHTTPServer):
             tls.close()
 
 
-class HttpsReceiver:
+class HttpsReceiver(FakeHTTPServer[Received]):
     """HTTPS (mutual TLS) when `server_cert` is given, plain HTTP otherwise."""
+
+    methods = ("POST", "PUT", "PATCH", "GET", "DELETE")
 
     def __init__(
         self,
@@ -118,12 +125,11 @@ class HttpsReceiver:
         signing_secret: str | None = None,
         max_tls: ssl.TLSVersion | None = None,
     ) -> None:
+        super().__init__()
         self.signing_secret = signing_secret
-        self.requests: list[Received] = []
         self.accepted: dict[str, Received] = {}
         self.handshake_failures: list[HandshakeFailure] = []
-        self._script: dict[str, deque[Answer]] = {}
-        self._lock = threading.Lock()
+        self._script: AnswerQueue[Answer] = AnswerQueue()
         self.ssl_context: ssl.SSLContext | None = None
         if server_cert is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -134,53 +140,24 @@ class HttpsReceiver:
             if max_tls is not None:
                 context.maximum_version = max_tls
             self.ssl_context = context
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                receiver._handle(self)
-
-            do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = _Server(self, Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def _make_server(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]
+    ) -> ThreadingHTTPServer:
+        return _Server(self, address, handler)
 
     # -- lifecycle --------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
         scheme = "https" if self.ssl_context is not None else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
-    def start(self) -> HttpsReceiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> HttpsReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- scripting and inspection -----------------------------------------------------
 
     def script(self, path: str, *answers: Answer) -> None:
         """Answer the next requests to `path` with `answers` (after the checks pass)."""
-        with self._lock:
-            self._script[path] = deque(answers)
+        self._script.replace(path, answers)
 
     def received(self, path: str | None = None) -> list[Received]:
         with self._lock:
@@ -191,14 +168,7 @@ class HttpsReceiver:
             return [r for r in self.accepted.values() if r.path.split("?")[0] == path]
 
     def wait_for(self, count: int, path: str | None = None, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.received(path)) >= count:
-                return
-            time.sleep(0.05)
-        raise AssertionError(
-            f"expected {count} requests to {path or '*'}, got {len(self.received(path))}"
-        )
+        wait_for_count(lambda: self.received(path), count, timeout, f"requests to {path or '*'}")
 
     # -- the checks -------------------------------------------------------------------
 
@@ -228,7 +198,7 @@ class HttpsReceiver:
             return _error(401, "signature does not match")
         return None
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         length = handler.headers.get("Content-Length")
         body = handler.rfile.read(int(length)) if length and length.isdigit() else b""
         headers = dict(handler.headers.items())
@@ -242,9 +212,7 @@ class HttpsReceiver:
         answer = self._verify(handler.command, lowered, body)
         replayed = False
         if answer is None:
-            with self._lock:
-                queue = self._script.get(path)
-                answer = queue.popleft() if queue else None
+            answer = self._script.next(path)
         key = lowered.get("idempotency-key", "")
         if answer is None:
             with self._lock:
@@ -264,18 +232,12 @@ class HttpsReceiver:
             self.requests.append(record)
             if 200 <= answer.status < 300 and not replayed:
                 self.accepted[key] = record
-        try:
-            handler.send_response(answer.status)
-            for name, value in answer.headers.items():
-                handler.send_header(name, value)
-            if replayed:
-                handler.send_header("Idempotent-Replayed", "true")
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(answer.body)))
-            handler.end_headers()
-            handler.wfile.write(answer.body)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            pass
+        sent = list(answer.headers.items())
+        if replayed:
+            sent.append(("Idempotent-Replayed", "true"))
+        sent.append(("Content-Type", "application/json"))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            reply(handler, answer.status, answer.body, sent)
 
 
 def _lingering_close(sock: ssl.SSLSocket) -> None:

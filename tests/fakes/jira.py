@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes._server import ApiRequest, RoutedFake, wait_for_count
 
 __all__ = ["Answer", "FakeJira", "Issue", "Project", "Received"]
 
@@ -63,16 +60,8 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+class Received(ApiRequest):
+    """A request to the fake, as recorded (path without the query, query parsed)."""
 
 
 @dataclass
@@ -108,7 +97,10 @@ def _errors(messages: list[str] | None = None, errors: dict[str, str] | None = N
     return {"errorMessages": messages or [], "errors": errors or {}}
 
 
-class FakeJira:
+class FakeJira(RoutedFake[Received, Answer]):
+    methods = ("GET", "POST", "PUT", "DELETE")
+    request_type = Received
+
     def __init__(
         self,
         email: str = "reporter@example.com",
@@ -119,6 +111,7 @@ class FakeJira:
         display_name: str = "Security Bot",
         account_email_visible: bool = True,
     ) -> None:
+        super().__init__()
         self.email = email
         self.token = token
         self.projects = {p.id: p for p in (projects or [Project()])}
@@ -127,96 +120,18 @@ class FakeJira:
         self.account_email_visible = account_email_visible
         self.search_lag = 0.0
         self.issues: list[Issue] = []
-        self.requests: list[Received] = []
-        self._script: dict[str, deque[Answer]] = {}
-        self._lock = threading.Lock()
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                received = Received(
-                    self.command,
-                    parts.path,
-                    parse_qs(parts.query),
-                    dict(self.headers.items()),
-                    body,
-                    time.time(),
-                )
-                with fake._lock:
-                    fake.requests.append(received)
-                answer = fake._route(received)
-                payload = b"" if answer.body is None else json.dumps(answer.body).encode()
-                self.send_response(answer.status)
-                if payload:
-                    self.send_header("Content-Type", "application/json;charset=UTF-8")
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> FakeJira:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeJira:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _content_type(self, payload: bytes) -> str | None:
+        return "application/json;charset=UTF-8" if payload else None
 
     # -- test helpers --------------------------------------------------------------------
-
-    def script(self, path: str, *answers: Answer) -> None:
-        """Answer the next requests to `path` with `answers` before the normal handling."""
-        with self._lock:
-            self._script[path] = deque(answers)
-
-    def received(self, method: str | None = None, path: str | None = None) -> list[Received]:
-        with self._lock:
-            return [
-                r
-                for r in self.requests
-                if (method is None or r.method == method) and (path is None or r.path == path)
-            ]
 
     def created(self) -> list[Issue]:
         with self._lock:
             return list(self.issues)
 
     def wait_for_issues(self, count: int, timeout: float = 60.0) -> list[Issue]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.created()) >= count:
-                return self.created()
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} Jira issues, got {len(self.created())}")
+        return wait_for_count(self.created, count, timeout, "Jira issues")
 
     # -- the API -------------------------------------------------------------------------
 
@@ -233,10 +148,6 @@ class FakeJira:
         return email.lower() == self.email.lower() and token == self.token
 
     def _route(self, req: Received) -> Answer:
-        with self._lock:
-            queue = self._script.get(req.path)
-            if queue:
-                return queue.popleft()
         if not req.path.startswith("/rest/api/2/"):
             return Answer(404, _errors(["Not found"]))
         if not self._authorized(req):

@@ -26,13 +26,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import threading
-import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes._server import Received, ScriptedFake, wait_for_count
 
 __all__ = ["Alert", "Answer", "FakeOpsgenie", "Received"]
 
@@ -47,20 +45,6 @@ class Answer:
     status: int
     body: dict[str, Any] | str = ""
     headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int
-    answer: Any
-    at: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -116,11 +100,14 @@ def _field_errors(body: dict[str, Any]) -> dict[str, str]:
     return errors
 
 
-class FakeOpsgenie:
+class FakeOpsgenie(ScriptedFake[Answer]):
     """Opsgenie's Alert API on a local port; see the module docstring."""
 
+    methods = ("GET", "POST", "PUT", "DELETE")
+    hosts = HOSTS
+
     def __init__(self) -> None:
-        self.requests: list[Received] = []
+        super().__init__()
         self.alerts: list[Alert] = []
         self._open: dict[str, Alert] = {}
         self._keys: dict[str, bool] = {}  # key -> may create
@@ -128,74 +115,6 @@ class FakeOpsgenie:
         self._statuses: dict[str, dict[str, Any]] = {}
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._hold = False
-        self._script: deque[Answer] = deque()
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                answer = fake._answer(self.command, self.path, headers, body)
-                with fake._lock:
-                    fake.requests.append(
-                        Received(
-                            self.command,
-                            self.path,
-                            headers,
-                            body,
-                            answer.status,
-                            answer.body,
-                            time.time(),
-                        )
-                    )
-                if isinstance(answer.body, dict):
-                    payload, kind = json.dumps(answer.body).encode(), "application/json"
-                else:
-                    payload, kind = answer.body.encode(), "text/plain"
-                self.send_response(answer.status)
-                self.send_header("Content-Type", kind)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_POST = do_GET = do_PUT = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def override(self) -> str:
-        return ",".join(f"{host}={self.base_url}" for host in HOSTS)
-
-    def start(self) -> FakeOpsgenie:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeOpsgenie:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- set-up and inspection -------------------------------------------------------------
 
@@ -220,22 +139,16 @@ class FakeOpsgenie:
                     self._process(request_id, body)
                 self._pending.clear()
 
-    def script(self, *answers: Answer) -> None:
-        with self._lock:
-            self._script.extend(answers)
-
     def alert_by_alias(self, alias: str) -> Alert | None:
         with self._lock:
             return next((a for a in self.alerts if a.alias == alias), None)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Alert]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.alerts) >= count:
-                    return list(self.alerts)
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} Opsgenie alerts, got {len(self.alerts)}")
+        return wait_for_count(self._alerts, count, timeout, "Opsgenie alerts")
+
+    def _alerts(self) -> list[Alert]:
+        with self._lock:
+            return list(self.alerts)
 
     # -- Opsgenie's behaviour --------------------------------------------------------------
 
@@ -245,9 +158,6 @@ class FakeOpsgenie:
         return Answer(status, body)
 
     def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        with self._lock:
-            if self._script:
-                return self._script.popleft()
         route = path.split("?")[0]
         auth = headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")

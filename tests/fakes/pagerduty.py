@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes._server import Received, ScriptedFake, wait_for_count
 
 __all__ = ["Answer", "FakePagerDuty", "Incident", "Received"]
 
@@ -44,20 +42,6 @@ class Answer:
     status: int
     body: dict[str, Any] | str = ""
     headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int
-    answer: Any
-    at: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -123,82 +107,16 @@ def _links_errors(links: Any) -> list[str]:
     return errors
 
 
-class FakePagerDuty:
+class FakePagerDuty(ScriptedFake[Answer]):
     """PagerDuty's Events API v2 on a local port; see the module docstring."""
 
+    hosts = (HOST,)
+
     def __init__(self) -> None:
-        self.requests: list[Received] = []
+        super().__init__()
         self.incidents: list[Incident] = []
         self._open: dict[tuple[str, str], Incident] = {}
         self._keys: set[str] = set()
-        self._script: deque[Answer] = deque()
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                answer = fake._answer(self.command, self.path, headers, body)
-                with fake._lock:
-                    fake.requests.append(
-                        Received(
-                            self.command,
-                            self.path,
-                            headers,
-                            body,
-                            answer.status,
-                            answer.body,
-                            time.time(),
-                        )
-                    )
-                if isinstance(answer.body, dict):
-                    payload, kind = json.dumps(answer.body).encode(), "application/json"
-                else:
-                    payload, kind = answer.body.encode(), "text/plain"
-                self.send_response(answer.status)
-                self.send_header("Content-Type", kind)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_POST = do_GET = do_PUT = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def override(self) -> str:
-        return f"{HOST}={self.base_url}"
-
-    def start(self) -> FakePagerDuty:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakePagerDuty:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- set-up and inspection -------------------------------------------------------------
 
@@ -208,30 +126,18 @@ class FakePagerDuty:
             self._keys.add(key)
         return key
 
-    def script(self, *answers: Answer) -> None:
-        with self._lock:
-            self._script.extend(answers)
-
     def incidents_for(self, routing_key: str) -> list[Incident]:
         with self._lock:
             return [i for i in self.incidents if i.routing_key == routing_key]
 
     def wait_for(self, routing_key: str, count: int, timeout: float = 30.0) -> list[Incident]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.incidents_for(routing_key)
-            if len(found) >= count:
-                return found
-            time.sleep(0.05)
-        got = len(self.incidents_for(routing_key))
-        raise AssertionError(f"expected {count} PagerDuty incidents, got {got}")
+        return wait_for_count(
+            lambda: self.incidents_for(routing_key), count, timeout, "PagerDuty incidents"
+        )
 
     # -- PagerDuty's behaviour -------------------------------------------------------------
 
     def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        with self._lock:
-            if self._script:
-                return self._script.popleft()
         if path.split("?")[0] != "/v2/enqueue":
             return Answer(404, "Not Found")
         if method != "POST":

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes._server import Received, ScriptedFake, wait_for_count
 
 __all__ = ["ERROR_STATUS", "Answer", "FakeSlack", "Message", "Received"]
 
@@ -61,20 +60,6 @@ class Answer:
     status: int = 200
     body: str = "ok"
     headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int
-    answer: str
-    at: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass(frozen=True)
@@ -157,81 +142,20 @@ class _Bucket:
     at: float
 
 
-class FakeSlack:
+class FakeSlack(ScriptedFake[Answer]):
     """Slack's incoming webhooks on a local port; see the module docstring."""
 
+    hosts = (HOST,)
+
     def __init__(self, rate_limit: tuple[float, int] | None = None) -> None:
-        self.requests: list[Received] = []
+        super().__init__()
         self.messages: list[Message] = []
         self._webhooks: dict[tuple[str, str], tuple[str, str]] = {}  # (T, B) -> (token, state)
-        self._script: deque[Answer] = deque()
         self._rate_limit = rate_limit
         self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                answer = fake._answer(self.command, self.path, headers, body)
-                with fake._lock:
-                    fake.requests.append(
-                        Received(
-                            self.command,
-                            self.path,
-                            headers,
-                            body,
-                            answer.status,
-                            answer.body,
-                            time.time(),
-                        )
-                    )
-                payload = answer.body.encode()
-                self.send_response(answer.status)
-                self.send_header("Content-Type", "text/html")
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_POST = do_GET = do_PUT = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def override(self) -> str:
-        """The `ALERTRELAY_HOST_OVERRIDES` entry that sends Slack traffic here."""
-        return f"{HOST}={self.base_url}"
-
-    def start(self) -> FakeSlack:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _encode(self, body: str) -> tuple[bytes, str]:
+        return body.encode(), "text/html"
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -253,30 +177,21 @@ class FakeSlack:
         with self._lock:
             self._webhooks[(team, hook)] = (token, state)
 
-    def script(self, *answers: Answer) -> None:
-        with self._lock:
-            self._script.extend(answers)
-
     def messages_for(self, url: str) -> list[Message]:
         path = "/" + url.split("/", 3)[3]
         with self._lock:
             return [m for m in self.messages if m.path == path]
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.messages) >= count:
-                    return list(self.messages)
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} Slack messages, got {len(self.messages)}")
+        return wait_for_count(self._messages, count, timeout, "Slack messages")
+
+    def _messages(self) -> list[Message]:
+        with self._lock:
+            return list(self.messages)
 
     # -- Slack's behaviour ---------------------------------------------------------------
 
     def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        with self._lock:
-            if self._script:
-                return self._script.popleft()
         try:
             return self._post(method, path, headers, body)
         except _Invalid as bad:

@@ -35,6 +35,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.fakes._server import ContextManaged, wait_for_count
 from tests.harness import free_port
 
 __all__ = ["AuthAttempt", "FakeSmtp", "ReceivedMail"]
@@ -182,7 +183,7 @@ def _check_message(raw: bytes, mail_options: list[str]) -> str | None:
     return None
 
 
-class FakeSmtp:
+class FakeSmtp(ContextManaged):
     """The relay; use as a context manager or start()/stop()."""
 
     USERNAME = "relay-user"
@@ -248,12 +249,6 @@ class FakeSmtp:
         self._controller.stop()
         self._dir.cleanup()
 
-    def __enter__(self) -> FakeSmtp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- scripting --------------------------------------------------------------------
 
     def refuse(self, address: str, reply: str | None = None) -> None:
@@ -308,13 +303,7 @@ class FakeSmtp:
             return list(self.messages)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[ReceivedMail]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.received()
-            if len(got) >= count:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} messages, got {len(self.received())}")
+        return wait_for_count(self.received, count, timeout, "messages")
 
     def env(self, **overrides: str) -> dict[str, str]:
         """ALERTRELAY_SMTP_* pointing at this relay (STARTTLS mode; implicit TLS is only

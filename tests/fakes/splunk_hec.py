@@ -26,14 +26,14 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import threading
 import time
 import zlib
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes._server import AnswerQueue, FakeHTTPServer, read_body, reply, wait_for_count
 
 __all__ = ["HecAnswer", "HecRequest", "SplunkHEC", "Token", "busy", "hec_error"]
 
@@ -118,7 +118,9 @@ class _Reject(Exception):
         self.answer = answer
 
 
-class SplunkHEC:
+class SplunkHEC(FakeHTTPServer[HecRequest]):
+    poll_interval = 0.05
+
     def __init__(
         self,
         tokens: list[Token] | None = None,
@@ -127,78 +129,39 @@ class SplunkHEC:
         max_content_length: int = 1024 * 1024,
         host: str = "127.0.0.1",
     ) -> None:
+        super().__init__(host)
         self.tokens = {t.value: t for t in tokens or []}
         self.indexes = set(indexes or {"main"})
         self.max_content_length = max_content_length
         self.unhealthy = False
         self.hold_acks = False
-        self.requests: list[HecRequest] = []
         self.accepted: list[dict[str, Any]] = []  # every accepted envelope, in order
-        self._script: deque[HecAnswer] = deque()
+        self._script: AnswerQueue[HecAnswer] = AnswerQueue()
         self._acks: dict[str, dict[int, bool]] = {}  # channel -> ackId -> released
-        self._lock = threading.Lock()
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                answer, decoded = fake._dispatch(self.command, self.path, self.headers, raw)
-                with fake._lock:
-                    fake.requests.append(
-                        HecRequest(
-                            self.command,
-                            self.path,
-                            dict(self.headers.items()),
-                            raw,
-                            decoded,
-                            answer.status,
-                            answer.body.get("code"),
-                            time.time(),
-                        )
-                    )
-                data = json.dumps(answer.body).encode()
-                self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=lambda: self._server.serve_forever(poll_interval=0.05), daemon=True
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        raw = read_body(handler)
+        answer, decoded = self._dispatch(handler.command, handler.path, handler.headers, raw)
+        self._record(
+            HecRequest(
+                handler.command,
+                handler.path,
+                dict(handler.headers.items()),
+                raw,
+                decoded,
+                answer.status,
+                answer.body.get("code"),
+                time.time(),
+            )
         )
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> SplunkHEC:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> SplunkHEC:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        data = json.dumps(answer.body).encode()
+        reply(
+            handler,
+            answer.status,
+            data,
+            answer.headers.items(),
+            content_type="application/json; charset=UTF-8",
+        )
 
     # -- scripting and inspection ----------------------------------------------------
 
@@ -210,8 +173,7 @@ class SplunkHEC:
     def script(self, *answers: HecAnswer | None) -> None:
         """The next event POSTs get these answers (and are not accepted); None lets one
         through to be handled normally (e.g. "first request fine, second busy")."""
-        with self._lock:
-            self._script.extend(answer or HecAnswer(0, {}) for answer in answers)
+        self._script.extend(answer or HecAnswer(0, {}) for answer in answers)
 
     def release_acks(self) -> None:
         with self._lock:
@@ -231,13 +193,7 @@ class SplunkHEC:
             return [r for r in self.requests if path is None or urlsplit(r.path).path == path]
 
     def wait_for_events(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.events()
-            if len(got) >= count:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} events, got {len(self.events())}")
+        return wait_for_count(self.events, count, timeout, "events")
 
     # -- the collector ---------------------------------------------------------------
 
@@ -250,8 +206,7 @@ class SplunkHEC:
             if path in HEALTH_PATHS and method == "GET":
                 return (hec_error(18) if self.unhealthy else hec_error(17)), b""
             if path in COLLECTOR_PATHS and method == "POST":
-                with self._lock:
-                    scripted = self._script.popleft() if self._script else None
+                scripted = self._script.next()
                 if scripted is not None and scripted.status:
                     return scripted, raw
                 return self._collect(headers, query, raw)

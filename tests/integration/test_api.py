@@ -24,12 +24,6 @@ HOOK_TOKEN = "SECRETHOOKTOKEN42"
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("tokens") / "tokens.jsonl"
     tokens = {

@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from schemas.models import Alert, Delivery, IntegrationConfig, idempotency_key
-from sinks.base import BatchLimits
+from schemas.models import Alert, Delivery, IntegrationConfig
 from sinks.datadog.config import DatadogSettings
 from sinks.datadog.sink import (
     MARKDOWN_MAX,
@@ -27,10 +26,18 @@ from sinks.datadog.sink import (
     dedup_marker,
 )
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import EgressGuard, HostOverrides
-from sinks.registry import SinkContext, validate_integration
+from sinks.registry import validate_integration
 from tests.fakes.datadog import Answer, FakeDatadog
-from tests.harness import TopicSet, WorkerProcess, consume, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    consume,
+    delivery_of,
+    make_alert,
+    produce,
+    put_configs,
+    sink_context,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -63,18 +70,7 @@ def integration_of(**settings: Any) -> tuple[IntegrationConfig, DatadogSettings]
 
 def delivery_for(alert: dict[str, Any], **settings: Any) -> tuple[Delivery, DatadogSettings]:
     integration, parsed = integration_of(**settings)
-    model = Alert.model_validate(alert)
-    delivery = Delivery(
-        alert=model,
-        integration=integration,
-        config_version=1,
-        idempotency_key=idempotency_key(model.alert_id, integration.integration_id),
-        source_topic="alerts",
-        source_partition=0,
-        source_offset=1,
-        routed_at=time.time(),
-    )
-    return delivery, parsed
+    return delivery_of(Alert.model_validate(alert), integration), parsed
 
 
 def assert_clean(error: DeliveryError) -> None:
@@ -83,10 +79,7 @@ def assert_clean(error: DeliveryError) -> None:
 
 
 def make_sink(fake: FakeDatadog, host: str = HOST) -> DatadogSink:
-    ctx = SinkContext(
-        HostOverrides.parse(f"{host}={fake.url}"), EgressGuard.parse("127.0.0.1/32"), BatchLimits()
-    )
-    return DatadogSink(ctx)
+    return DatadogSink(sink_context(f"{host}={fake.url}"))
 
 
 @pytest.fixture
@@ -448,11 +441,7 @@ async def test_search_rate_limit_is_retryable_not_a_blind_create(
 async def test_unreachable_datadog_is_retryable() -> None:
     with FakeDatadog(API_KEY, APP_KEY) as fake:
         url = fake.url
-    sink = DatadogSink(
-        SinkContext(
-            HostOverrides.parse(f"{HOST}={url}"), EgressGuard.parse("127.0.0.1/32"), BatchLimits()
-        )
-    )
+    sink = DatadogSink(sink_context(f"{HOST}={url}"))
     delivery, settings = delivery_for(make_alert(1))
     await expect(RetryableError, sink, delivery, settings)
     await sink.aclose()
@@ -510,15 +499,7 @@ def test_worker_delivers_to_datadog_once_per_alert(
         env = {"ALERTRELAY_HOST_OVERRIDES": f"{HOST}={fake.url}"}
         with WorkerProcess(kafka_bootstrap, topics, tmp_path_factory.mktemp("dd"), env) as w:
             tenant = "t-datadog"
-            produce(
-                kafka_bootstrap,
-                topics.integrations,
-                [(f"{tenant}/dd-e2e", dd_config("dd-e2e", tenant))],
-            )
-            deadline = time.monotonic() + 60
-            while (w.health() or {}).get("integrations", 0) < 1:
-                assert time.monotonic() < deadline, w.log_tail()
-                time.sleep(0.1)
+            put_configs(kafka_bootstrap, topics, w, dd_config("dd-e2e", tenant))
             alerts = [make_alert(i, tenant, alert_id=f"dd-e2e-{i}") for i in range(4)]
             produce(kafka_bootstrap, topics.alerts, [(tenant, a) for a in alerts])
             incidents = fake.wait_for_incidents(4)

@@ -9,53 +9,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from streams.cli import main
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
-from tests.harness import TopicSet, WorkerProcess, consume, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    consume,
+    make_alert,
+    produce,
+    put_configs,
+    webhook_config,
+)
 
 pytestmark = pytest.mark.integration
 
 TENANT = "t-redrive"
 BROKEN = "/dlq/broken"
 HEALTHY = "/dlq/healthy"
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def topics() -> TopicSet:
-    return TopicSet()
-
-
-@pytest.fixture(scope="module")
-def worker(
-    kafka_bootstrap: str, topics: TopicSet, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(kafka_bootstrap, topics, tmp_path_factory.mktemp("dlq-worker"))
-    proc.start()
-    yield proc
-    proc.stop()
-    print(proc.log_tail(40))
-
-
-def webhook(iid: str, url: str) -> dict[str, Any]:
-    return {
-        "integration_id": iid,
-        "tenant_id": TENANT,
-        "type": "webhook",
-        "name": f"hook {iid}",
-        "settings": {"webhook_url": url, "method": "POST", "protocol": "tcp"},
-    }
 
 
 def dlq(bootstrap: str, topics: TopicSet, *args: str, input: str | None = None) -> Result:
@@ -82,19 +56,13 @@ def test_dead_lettered_delivery_is_listed_and_redriven_with_the_same_key(
     kafka_bootstrap: str, topics: TopicSet, worker: WorkerProcess, receiver: WebhookReceiver
 ) -> None:
     receiver.script(BROKEN, default=Answer(400, b"invalid_payload"))
-    before = (worker.health() or {}).get("integrations", 0)
-    produce(
+    put_configs(
         kafka_bootstrap,
-        topics.integrations,
-        [
-            (f"{TENANT}/broken", webhook("broken", receiver.url + BROKEN)),
-            (f"{TENANT}/healthy", webhook("healthy", receiver.url + HEALTHY)),
-        ],
+        topics,
+        worker,
+        webhook_config(TENANT, "broken", receiver.url + BROKEN),
+        webhook_config(TENANT, "healthy", receiver.url + HEALTHY),
     )
-    deadline = time.monotonic() + 60
-    while (worker.health() or {}).get("integrations", 0) < before + 2:
-        assert time.monotonic() < deadline, "the worker never held the configs"
-        time.sleep(0.1)
 
     produce(
         kafka_bootstrap,

@@ -27,7 +27,16 @@ from sinks.errors import DeliveryError, PermanentError, RetryableError
 from sinks.http import EgressGuard, HostOverrides
 from sinks.registry import SinkContext
 from tests.fakes.smtp import FakeSmtp, ReceivedMail
-from tests.harness import TopicSet, WorkerProcess, consume, free_port, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    consume,
+    delivery_of,
+    free_port,
+    make_alert,
+    produce,
+    put_configs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,16 +87,7 @@ def make_delivery(
         version=3,
         settings={},
     )
-    return Delivery(
-        alert=Alert.model_validate(fields),
-        integration=integration,
-        config_version=3,
-        idempotency_key=idempotency_key(alert_id, integration_id),
-        source_topic="alerts",
-        source_partition=0,
-        source_offset=7,
-        routed_at=time.time(),
-    )
+    return delivery_of(Alert.model_validate(fields), integration, offset=7, config_version=3)
 
 
 def settings(*emails: str) -> EmailSettings:
@@ -537,12 +537,7 @@ def test_end_to_end_through_the_worker(
         "min_risk_level": "medium",
         "settings": {"emails": ["soc@example.com", "SOC@example.com", "oncall@example.org"]},
     }
-    before = (worker.health() or {}).get("integrations", 0)
-    produce(kafka_bootstrap, topics.integrations, [(f"{tenant}/{iid}", config)])
-    deadline = time.monotonic() + 60
-    while (worker.health() or {}).get("integrations", 0) < before + 1:
-        assert time.monotonic() < deadline, "the worker never held the email config"
-        time.sleep(0.1)
+    put_configs(kafka_bootstrap, topics, worker, config)
 
     fake.fail_next("data", "451 4.3.0 Temporary failure, try again")  # one retry on the way
     alerts = [make_alert(n, tenant, alert_id=f"mail-{n}") for n in range(1, 5)]  # medium..low

@@ -21,7 +21,7 @@ import zstandard
 from google.auth import exceptions as auth_exceptions
 from pydantic import SecretStr
 
-from schemas.models import Alert, Delivery, IntegrationConfig, idempotency_key
+from schemas.models import Alert, Delivery, IntegrationConfig
 from sinks.base import Batch, BatchLimits
 from sinks.errors import DeliveryError, PermanentError, RetryableError
 from sinks.gcs.client import GCSWriter
@@ -33,7 +33,14 @@ from sinks.registry import SinkContext
 from streams.agents.router import tenant_partition
 from tests.fakes.gcs_server import FakeGCS, private_key_pem, service_account_json
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
-from tests.harness import TopicSet, WorkerProcess, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    batch_of,
+    delivery_of,
+    make_alert,
+    produce,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -109,31 +116,19 @@ def make_delivery(alert_id: str, offset: int, settings: dict[str, Any]) -> Deliv
         version=1,
         settings=settings,
     )
-    return Delivery(
-        alert=alert,
-        integration=integration,
-        config_version=1,
-        idempotency_key=idempotency_key(alert_id, INTEGRATION),
-        source_topic=TOPIC,
-        source_partition=PARTITION,
-        source_offset=offset,
-        routed_at=time.time(),
+    return delivery_of(
+        alert,
+        integration,
+        offset=offset,
+        topic=TOPIC,
+        partition=PARTITION,
         produced_at=PRODUCED_AT,
     )
 
 
 def make_batch(offsets: range | list[int], settings: dict[str, Any]) -> Batch:
     records = [make_delivery(f"alert-{o}", o, settings) for o in offsets]
-    return Batch(
-        integration=records[0].integration,
-        topic=TOPIC,
-        partition=PARTITION,
-        first_offset=records[0].source_offset,
-        last_offset=records[-1].source_offset,
-        day=dt.date(2024, 5, 1),
-        records=records,
-        size_bytes=200 * len(records),
-    )
+    return batch_of(records, day=dt.date(2024, 5, 1), bytes_per_record=200)
 
 
 def expected_key(first_offset: int, compression: str) -> str:

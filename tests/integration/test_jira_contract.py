@@ -29,7 +29,17 @@ from sinks.jira.sink import (
 )
 from sinks.registry import SinkContext, validate_integration
 from tests.fakes.jira import Answer, FakeJira, Project
-from tests.harness import TopicSet, WorkerProcess, consume, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    consume,
+    delivery_of,
+    make_alert,
+    produce,
+    put_configs,
+    sink_context,
+    utf16_units,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +47,6 @@ EMAIL = "reporter@example.com"
 TOKEN = "ATATT3xFfGF0-contract-secret-token-0123456789"
 CREDENTIAL = base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
 SITE = "acme.atlassian.net"
-
-
-def utf16(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 def jira_config(iid: str = "jira-1", tenant: str = "tenant-a", **settings: Any) -> dict[str, Any]:
@@ -60,20 +66,8 @@ def jira_config(iid: str = "jira-1", tenant: str = "tenant-a", **settings: Any) 
 
 
 def delivery_for(alert: dict[str, Any], **settings: Any) -> tuple[Delivery, JiraSettings]:
-    integration, parsed = validate_integration(jira_config(**settings))
-    assert isinstance(parsed, JiraSettings)
-    model = Alert.model_validate(alert)
-    delivery = Delivery(
-        alert=model,
-        integration=integration,
-        config_version=1,
-        idempotency_key=idempotency_key(model.alert_id, integration.integration_id),
-        source_topic="alerts",
-        source_partition=0,
-        source_offset=1,
-        routed_at=time.time(),
-    )
-    return delivery, parsed
+    integration, parsed = integration_of(**settings)
+    return delivery_of(Alert.model_validate(alert), integration), parsed
 
 
 def integration_of(**settings: Any) -> tuple[IntegrationConfig, JiraSettings]:
@@ -94,12 +88,7 @@ def jira() -> Iterator[FakeJira]:
 
 
 def make_sink(fake: FakeJira) -> JiraSink:
-    ctx = SinkContext(
-        HostOverrides.parse(f"*.atlassian.net={fake.url}"),
-        EgressGuard.parse("127.0.0.1/32"),
-        BatchLimits(),
-    )
-    return JiraSink(ctx)
+    return JiraSink(sink_context(f"*.atlassian.net={fake.url}"))
 
 
 @pytest.fixture
@@ -185,10 +174,10 @@ async def test_limits_are_kept_and_markup_stays_valid(jira: FakeJira, sink: Jira
     assert await sink.send(delivery, settings) == 201  # the fake enforces Jira's limits
 
     fields = jira.received("POST")[0].json()["fields"]
-    assert utf16(fields["summary"]) <= SUMMARY_MAX and fields["summary"].endswith("…")
+    assert utf16_units(fields["summary"]) <= SUMMARY_MAX and fields["summary"].endswith("…")
     assert "\n" not in fields["summary"]
     description = fields["description"]
-    assert DESCRIPTION_MAX - 100 < utf16(description) <= DESCRIPTION_MAX
+    assert DESCRIPTION_MAX - 100 < utf16_units(description) <= DESCRIPTION_MAX
     assert "[truncated: the console has the full alert]" in description
     assert description.count("{noformat}") == 2
     assert description.endswith(idempotency_label(delivery.idempotency_key))
@@ -443,13 +432,7 @@ async def test_search_rate_limit_is_retryable(jira: FakeJira, sink: JiraSink) ->
 async def test_unreachable_jira_is_retryable(sink: JiraSink) -> None:
     with FakeJira(EMAIL, TOKEN) as fake:
         url = fake.url
-    dead = JiraSink(
-        SinkContext(
-            HostOverrides.parse(f"*.atlassian.net={url}"),
-            EgressGuard.parse("127.0.0.1/32"),
-            BatchLimits(),
-        )
-    )
+    dead = JiraSink(sink_context(f"*.atlassian.net={url}"))
     delivery, settings = delivery_for(make_alert(1))
     with pytest.raises(RetryableError) as info:
         await dead.send(delivery, settings)
@@ -532,11 +515,7 @@ def test_worker_delivers_to_jira_once_per_alert(
         with WorkerProcess(kafka_bootstrap, topics, tmp_path_factory.mktemp("jira"), env) as w:
             tenant = "t-jira"
             config = jira_config("jira-e2e", tenant, priority_from_risk=True)
-            produce(kafka_bootstrap, topics.integrations, [(f"{tenant}/jira-e2e", config)])
-            deadline = time.monotonic() + 60
-            while (w.health() or {}).get("integrations", 0) < 1:
-                assert time.monotonic() < deadline, w.log_tail()
-                time.sleep(0.1)
+            put_configs(kafka_bootstrap, topics, w, config)
             alerts = [make_alert(i, tenant, alert_id=f"jira-e2e-{i}") for i in range(3)]
             produce(kafka_bootstrap, topics.alerts, [(tenant, a) for a in alerts])
             issues = fake.wait_for_issues(3)

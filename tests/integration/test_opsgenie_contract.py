@@ -4,7 +4,6 @@ whole pipeline on a real broker.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,16 +12,23 @@ from typing import Any
 
 import pytest
 
-from schemas.models import Alert, Delivery, IntegrationConfig
-from schemas.models import idempotency_key as make_key
-from sinks.base import BatchLimits
+from schemas.models import Delivery, IntegrationConfig
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import EgressGuard, HostOverrides
 from sinks.opsgenie.config import ALERTS_URL, EU_ALERTS_URL, OpsgenieSettings
 from sinks.opsgenie.sink import PRIORITY, OpsgenieSink, build_alert, connection_test_alias
-from sinks.registry import SinkContext
 from tests.fakes.opsgenie import Answer, FakeOpsgenie
-from tests.harness import TopicSet, WorkerProcess, free_port, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    delivery_of,
+    free_port,
+    make_alert,
+    produce,
+    put_configs,
+    sink_context,
+    utf16_units,
+)
+from tests.harness import sample_alert as alert
 
 pytestmark = pytest.mark.integration
 
@@ -30,25 +36,6 @@ _ids = itertools.count(1)
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def alert(**overrides: Any) -> Alert:
-    fields: dict[str, Any] = {
-        "alert_id": "alert-1",
-        "tenant_id": "tenant-a",
-        "event_type": "client_side_risk",
-        "risk_level": "high",
-        "title": "New script reads the payment form",
-        "detected_at": dt.datetime(2024, 5, 1, 12, 0, 1, tzinfo=dt.UTC),
-        "description": "cdn.tracker.example/x.js started reading card fields.",
-        "page_url": "https://shop.example.com/checkout",
-        "script_url": "https://cdn.tracker.example/x.js",
-        "domain": "shop.example.com",
-        "console_url": "https://console.example.com/alerts/1",
-        "details": {"pci_scope": "in", "script_hash": "abc123"},
-    }
-    fields.update(overrides)
-    return Alert.model_validate(fields)
 
 
 def delivery(key: str, team: str, url: str = ALERTS_URL, **alert_fields: Any) -> Delivery:
@@ -61,34 +48,15 @@ def delivery(key: str, team: str, url: str = ALERTS_URL, **alert_fields: Any) ->
         version=1,
         settings={"webhook_url": url, "team_id": team, "api_key": key},
     )
-    return Delivery(
-        alert=a,
-        integration=integration,
-        config_version=1,
-        idempotency_key=make_key(a.alert_id, integration.integration_id),
-        source_topic="alerts",
-        source_partition=0,
-        source_offset=next(_ids),
-        routed_at=time.time(),
-    )
+    return delivery_of(a, integration, offset=next(_ids))
 
 
 def settings_of(d: Delivery) -> OpsgenieSettings:
     return OpsgenieSettings.model_validate(d.integration.settings)
 
 
-def context(overrides: str) -> SinkContext:
-    return SinkContext(
-        HostOverrides.parse(overrides), EgressGuard.parse("127.0.0.1/32"), BatchLimits()
-    )
-
-
 def assert_clean(error: DeliveryError, key: str) -> None:
     assert key not in error.message and key not in str(error)
-
-
-def units(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -112,7 +80,7 @@ def team(fake: FakeOpsgenie) -> str:
 
 @pytest.fixture
 async def sink(fake: FakeOpsgenie) -> AsyncIterator[OpsgenieSink]:
-    s = OpsgenieSink(context(fake.override))
+    s = OpsgenieSink(sink_context(fake.override))
     yield s
     await s.aclose()
 
@@ -203,10 +171,10 @@ async def test_limits_hold_for_a_huge_alert(
     )
     assert await sink.send(d, settings_of(d)) == 202  # the fake enforces every limit
     body = fake.requests[-1].json()
-    assert units(body["message"]) <= 130 and body["message"].endswith("…")
-    assert units(body["description"]) <= 15_000 and body["description"].endswith("…")
+    assert utf16_units(body["message"]) <= 130 and body["message"].endswith("…")
+    assert utf16_units(body["description"]) <= 15_000 and body["description"].endswith("…")
     assert len(body["entity"]) <= 512
-    assert sum(units(k) + units(v) for k, v in body["details"].items()) <= 8000
+    assert sum(utf16_units(k) + utf16_units(v) for k, v in body["details"].items()) <= 8000
     assert "more details in the console" in body["details"]["alertrelay_note"]
     assert body["details"]["alert_id"] == "alert-1"  # ours come first and survive
     assert len(body["tags"]) <= 20 and all(len(t) <= 50 for t in body["tags"])
@@ -351,7 +319,7 @@ async def test_server_errors_are_retryable(
 
 
 async def test_connection_refused_is_retryable(key: str, team: str) -> None:
-    s = OpsgenieSink(context(f"api.opsgenie.com=http://127.0.0.1:{free_port()}"))
+    s = OpsgenieSink(sink_context(f"api.opsgenie.com=http://127.0.0.1:{free_port()}"))
     try:
         d = delivery(key, team)
         with pytest.raises(RetryableError) as info:
@@ -464,11 +432,7 @@ def test_worker_delivers_alerts_to_opsgenie_end_to_end(
                 "min_risk_level": "high",
                 "settings": {"webhook_url": ALERTS_URL, "team_id": team, "api_key": key},
             }
-            produce(kafka_bootstrap, topics.integrations, [(f"{tenant}/og-e2e", config)])
-            deadline = time.monotonic() + 60
-            while (worker.health() or {}).get("integrations", 0) < 1:
-                assert time.monotonic() < deadline, worker.log_tail()
-                time.sleep(0.1)
+            put_configs(kafka_bootstrap, topics, worker, config)
             alerts = [make_alert(i, tenant, alert_id=f"og-e2e-{i}") for i in range(8)]
             produce(kafka_bootstrap, topics.alerts, [(tenant, a) for a in [*alerts, alerts[3]]])
             wanted = [a for a in alerts if a["risk_level"] in ("high", "critical")]  # 4

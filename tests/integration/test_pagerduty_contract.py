@@ -4,7 +4,6 @@ the whole pipeline on a real broker.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
 import time
@@ -14,16 +13,22 @@ from typing import Any
 
 import pytest
 
-from schemas.models import Alert, Delivery, IntegrationConfig
-from schemas.models import idempotency_key as make_key
-from sinks.base import BatchLimits
+from schemas.models import Delivery, IntegrationConfig
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import EgressGuard, HostOverrides
 from sinks.pagerduty.config import ENQUEUE_URL, PagerDutySettings
 from sinks.pagerduty.sink import SEVERITY, PagerDutySink, build_event
-from sinks.registry import SinkContext
 from tests.fakes.pagerduty import Answer, FakePagerDuty
-from tests.harness import TopicSet, WorkerProcess, free_port, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    delivery_of,
+    free_port,
+    make_alert,
+    produce,
+    put_configs,
+    sink_context,
+)
+from tests.harness import sample_alert as alert
 
 pytestmark = pytest.mark.integration
 
@@ -31,25 +36,6 @@ _ids = itertools.count(1)
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def alert(**overrides: Any) -> Alert:
-    fields: dict[str, Any] = {
-        "alert_id": "alert-1",
-        "tenant_id": "tenant-a",
-        "event_type": "client_side_risk",
-        "risk_level": "high",
-        "title": "New script reads the payment form",
-        "detected_at": dt.datetime(2024, 5, 1, 12, 0, 1, tzinfo=dt.UTC),
-        "description": "cdn.tracker.example/x.js started reading card fields.",
-        "page_url": "https://shop.example.com/checkout",
-        "script_url": "https://cdn.tracker.example/x.js",
-        "domain": "shop.example.com",
-        "console_url": "https://console.example.com/alerts/1",
-        "details": {"pci_scope": "in", "script_hash": "abc123"},
-    }
-    fields.update(overrides)
-    return Alert.model_validate(fields)
 
 
 def delivery(routing_key: str, url: str = ENQUEUE_URL, **alert_fields: Any) -> Delivery:
@@ -62,26 +48,11 @@ def delivery(routing_key: str, url: str = ENQUEUE_URL, **alert_fields: Any) -> D
         version=1,
         settings={"webhook_url": url, "api_key": routing_key},
     )
-    return Delivery(
-        alert=a,
-        integration=integration,
-        config_version=1,
-        idempotency_key=make_key(a.alert_id, integration.integration_id),
-        source_topic="alerts",
-        source_partition=0,
-        source_offset=next(_ids),
-        routed_at=time.time(),
-    )
+    return delivery_of(a, integration, offset=next(_ids))
 
 
 def settings_of(d: Delivery) -> PagerDutySettings:
     return PagerDutySettings.model_validate(d.integration.settings)
-
-
-def context(overrides: str) -> SinkContext:
-    return SinkContext(
-        HostOverrides.parse(overrides), EgressGuard.parse("127.0.0.1/32"), BatchLimits()
-    )
 
 
 def assert_clean(error: DeliveryError, routing_key: str) -> None:
@@ -104,7 +75,7 @@ def key(fake: FakePagerDuty) -> str:
 
 @pytest.fixture
 async def sink(fake: FakePagerDuty) -> AsyncIterator[PagerDutySink]:
-    s = PagerDutySink(context(fake.override))
+    s = PagerDutySink(sink_context(fake.override))
     yield s
     await s.aclose()
 
@@ -319,7 +290,7 @@ async def test_server_errors_are_retryable(
 
 
 async def test_connection_refused_is_retryable(key: str) -> None:
-    s = PagerDutySink(context(f"events.pagerduty.com=http://127.0.0.1:{free_port()}"))
+    s = PagerDutySink(sink_context(f"events.pagerduty.com=http://127.0.0.1:{free_port()}"))
     try:
         d = delivery(key)
         with pytest.raises(RetryableError) as info:
@@ -347,7 +318,7 @@ async def test_same_delivery_twice_is_one_incident(
 
 
 async def test_eu_region_url_goes_to_the_eu_host(fake: FakePagerDuty, key: str) -> None:
-    s = PagerDutySink(context(f"events.eu.pagerduty.com={fake.base_url}"))
+    s = PagerDutySink(sink_context(f"events.eu.pagerduty.com={fake.base_url}"))
     try:
         d = delivery(key, url="https://events.eu.pagerduty.com/v2/enque")
         assert settings_of(d).webhook_url == "https://events.eu.pagerduty.com/v2/enqueue"
@@ -426,11 +397,7 @@ def test_worker_delivers_alerts_to_pagerduty_end_to_end(
                     "api_key": key,
                 },
             }
-            produce(kafka_bootstrap, topics.integrations, [(f"{tenant}/pd-e2e", config)])
-            deadline = time.monotonic() + 60
-            while (worker.health() or {}).get("integrations", 0) < 1:
-                assert time.monotonic() < deadline, worker.log_tail()
-                time.sleep(0.1)
+            put_configs(kafka_bootstrap, topics, worker, config)
             alerts = [make_alert(i, tenant, alert_id=f"pd-e2e-{i}") for i in range(6)]
             # the same alert twice (a producer retry): still one incident
             produce(kafka_bootstrap, topics.alerts, [(tenant, a) for a in [*alerts, alerts[0]]])

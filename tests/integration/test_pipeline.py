@@ -20,18 +20,20 @@ from schemas.codec import MAX_ALERT_BYTES, encode_alert_avro
 from schemas.models import Alert
 from streams.agents.router import tenant_partition
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
-from tests.harness import TopicSet, WorkerProcess, consume, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    consume,
+    make_alert,
+    produce,
+    put_configs,
+    webhook_config,
+)
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 SECRET_PATH = "/hooks/SECRETTOKEN0123456789"
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as r:
-        yield r
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +47,6 @@ def moto_s3() -> Iterator[str]:
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def topics() -> TopicSet:
-    return TopicSet()
 
 
 @pytest.fixture(scope="module")
@@ -67,40 +64,6 @@ def worker(
     yield proc
     proc.stop()
     print(proc.log_tail(40))
-
-
-def webhook_config(tenant: str, iid: str, url: str, **extra: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "integration_id": iid,
-        "tenant_id": tenant,
-        "type": "webhook",
-        "name": f"hook {iid}",
-        "settings": {"webhook_url": url, "method": "POST", "protocol": "tcp"},
-    }
-    settings = extra.pop("settings", {})
-    config["settings"].update(settings)
-    config.update(extra)
-    return config
-
-
-def put_configs(
-    bootstrap: str, topics: TopicSet, worker: WorkerProcess | None, *configs: dict[str, Any]
-) -> None:
-    """Produce configs; with a worker, wait until it holds them (they apply asynchronously)."""
-    before = (worker.health() or {}).get("integrations", 0) if worker else 0
-    produce(
-        bootstrap,
-        topics.integrations,
-        [(f"{c['tenant_id']}/{c['integration_id']}", c) for c in configs],
-    )
-    if worker is None:
-        return
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (worker.health() or {}).get("integrations", 0) >= before + len(configs):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"worker never held the {len(configs)} new configs")
 
 
 def raw_values(bootstrap: str, topic: str) -> list[bytes]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -21,60 +19,19 @@ from streams.agents.router import tenant_partition
 from streams.cli import main
 from streams.replay import format_utc
 from tests.fakes.webhook_receiver import Received, WebhookReceiver
-from tests.harness import TopicSet, WorkerProcess, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    make_alert,
+    put_configs,
+    webhook_config,
+)
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 TENANT = "t-window"
 MINUTE_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def topics() -> TopicSet:
-    return TopicSet()
-
-
-@pytest.fixture(scope="module")
-def worker(
-    kafka_bootstrap: str, topics: TopicSet, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(kafka_bootstrap, topics, tmp_path_factory.mktemp("replay-worker"))
-    proc.start()
-    yield proc
-    proc.stop()
-    print(proc.log_tail(40))
-
-
-def webhook(iid: str, url: str) -> dict[str, Any]:
-    return {
-        "integration_id": iid,
-        "tenant_id": TENANT,
-        "type": "webhook",
-        "name": f"hook {iid}",
-        "settings": {"webhook_url": url, "method": "POST", "protocol": "tcp"},
-    }
-
-
-def put_configs(bootstrap: str, topics: TopicSet, worker: WorkerProcess, *configs: Any) -> None:
-    before = (worker.health() or {}).get("integrations", 0)
-    produce(
-        bootstrap,
-        topics.integrations,
-        [(f"{c['tenant_id']}/{c['integration_id']}", c) for c in configs],
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (worker.health() or {}).get("integrations", 0) >= before + len(configs):
-            return
-        time.sleep(0.1)
-    raise AssertionError("the worker never held the new configs")
 
 
 def replay(bootstrap: str, topics: TopicSet, *args: str) -> Result:
@@ -133,8 +90,8 @@ def test_replay_redelivers_exactly_the_window(
         kafka_bootstrap,
         topics,
         worker,
-        webhook("a", receiver.url + "/w/a"),
-        webhook("b", receiver.url + "/w/b"),
+        webhook_config(TENANT, "a", receiver.url + "/w/a"),
+        webhook_config(TENANT, "b", receiver.url + "/w/b"),
     )
     # Six alerts a minute apart, an hour ago, in offset order on the tenant's partition,
     # with a record stamped out of order and an undecodable one among them; and another

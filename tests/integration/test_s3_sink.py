@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import zstandard
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from schemas.models import Alert, Delivery, IntegrationConfig, idempotency_key
+from schemas.models import Alert, Delivery, IntegrationConfig
 from sinks.base import Batch, BatchLimits
 from sinks.errors import PermanentError
 from sinks.http import EgressGuard, HostOverrides
@@ -24,6 +23,7 @@ from sinks.objectstore import decode_jsonl
 from sinks.registry import SinkContext
 from sinks.s3.config import S3Settings
 from sinks.s3.sink import S3Sink
+from tests.harness import batch_of, delivery_of
 
 pytestmark = pytest.mark.integration
 
@@ -122,31 +122,19 @@ def make_delivery(alert_id: str, offset: int, settings: dict[str, Any]) -> Deliv
         version=1,
         settings=settings,
     )
-    return Delivery(
-        alert=alert,
-        integration=integration,
-        config_version=1,
-        idempotency_key=idempotency_key(alert_id, INTEGRATION),
-        source_topic=TOPIC,
-        source_partition=PARTITION,
-        source_offset=offset,
-        routed_at=time.time(),
+    return delivery_of(
+        alert,
+        integration,
+        offset=offset,
+        topic=TOPIC,
+        partition=PARTITION,
         produced_at=PRODUCED_AT,
     )
 
 
 def make_batch(offsets: range, settings: dict[str, Any]) -> Batch:
     records = [make_delivery(f"alert-{o}", o, settings) for o in offsets]
-    return Batch(
-        integration=records[0].integration,
-        topic=TOPIC,
-        partition=PARTITION,
-        first_offset=records[0].source_offset,
-        last_offset=records[-1].source_offset,
-        day=dt.date(2024, 5, 1),
-        records=records,
-        size_bytes=200 * len(records),
-    )
+    return batch_of(records, day=dt.date(2024, 5, 1), bytes_per_record=200)
 
 
 def expected_key(first_offset: int, compression: str) -> str:

@@ -7,7 +7,6 @@ sink meets Slack's contract, not merely its own expectations.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import itertools
 import json
 import time
@@ -18,11 +17,7 @@ from typing import Any
 import pytest
 
 from schemas.models import Alert, DeadLetter, Delivery, DeliveryStatus, IntegrationConfig
-from schemas.models import idempotency_key as make_key
-from sinks.base import BatchLimits
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import EgressGuard, HostOverrides
-from sinks.registry import SinkContext
 from sinks.retry import RetryPolicy
 from sinks.secretbox import SecretBox
 from sinks.slack.config import SlackSettings
@@ -33,9 +28,14 @@ from tests.harness import (
     TEST_SECRET_KEYS,
     TopicSet,
     WorkerProcess,
+    delivery_of,
     free_port,
     make_alert,
     produce,
+    put_configs,
+    sample_alert,
+    sink_context,
+    utf16_units,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,22 +56,9 @@ class Clock:
 
 
 def alert(**overrides: Any) -> Alert:
-    fields: dict[str, Any] = {
-        "alert_id": "alert-1",
-        "tenant_id": "tenant-a",
-        "event_type": "client_side_risk",
-        "risk_level": "high",
-        "title": "New script reads the payment form",
-        "detected_at": dt.datetime(2024, 5, 1, 12, 0, 1, tzinfo=dt.UTC),
-        "description": "cdn.tracker.example/x.js started reading card fields.",
-        "page_url": "https://shop.example.com/checkout?step=pay&x=1",
-        "script_url": "https://cdn.tracker.example/x.js",
-        "domain": "shop.example.com",
-        "console_url": "https://console.example.com/alerts/1",
-        "details": {"pci_scope": "in", "script_hash": "abc123"},
-    }
-    fields.update(overrides)
-    return Alert.model_validate(fields)
+    return sample_alert(
+        **{"page_url": "https://shop.example.com/checkout?step=pay&x=1", **overrides}
+    )
 
 
 def delivery(url: str, channel: str = CHANNEL, **alert_fields: Any) -> Delivery:
@@ -84,26 +71,11 @@ def delivery(url: str, channel: str = CHANNEL, **alert_fields: Any) -> Delivery:
         version=1,
         settings={"webhook_url": url, "channel": channel},
     )
-    return Delivery(
-        alert=a,
-        integration=integration,
-        config_version=1,
-        idempotency_key=make_key(a.alert_id, integration.integration_id),
-        source_topic="alerts",
-        source_partition=0,
-        source_offset=next(_ids),
-        routed_at=time.time(),
-    )
+    return delivery_of(a, integration, offset=next(_ids))
 
 
 def settings_of(d: Delivery) -> SlackSettings:
     return SlackSettings.model_validate(d.integration.settings)
-
-
-def context(overrides: str) -> SinkContext:
-    return SinkContext(
-        HostOverrides.parse(overrides), EgressGuard.parse("127.0.0.1/32"), BatchLimits()
-    )
 
 
 def assert_clean(error: DeliveryError, url: str) -> None:
@@ -111,10 +83,6 @@ def assert_clean(error: DeliveryError, url: str) -> None:
     token = url.rsplit("/", 1)[1]
     assert token not in error.message and token not in str(error)
     assert url.split("hooks.slack.com")[1] not in error.message
-
-
-def units(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -139,7 +107,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def sink(fake: FakeSlack, clock: Clock) -> AsyncIterator[SlackSink]:
-    s = SlackSink(context(fake.override), pacer=WebhookPacer(clock=clock))
+    s = SlackSink(sink_context(fake.override), pacer=WebhookPacer(clock=clock))
     yield s
     await s.aclose()
 
@@ -307,15 +275,15 @@ async def test_every_limit_holds_for_a_huge_alert(
 
     body = fake.requests[-1].json()
     assert len(body["blocks"]) <= 50
-    assert units(body["text"]) <= 3000 and body["text"].count("…") >= 1
+    assert utf16_units(body["text"]) <= 3000 and body["text"].count("…") >= 1
     assert "&am…" not in body["text"] and "&…" not in body["text"]
     header = body["blocks"][0]["text"]["text"]
-    assert units(header) <= 150 and header.endswith("…")
+    assert utf16_units(header) <= 150 and header.endswith("…")
     for block in body["blocks"]:
         if block["type"] == "section" and "text" in block:
-            assert units(block["text"]["text"]) <= SECTION_TEXT_MAX
+            assert utf16_units(block["text"]["text"]) <= SECTION_TEXT_MAX
         for field in block.get("fields", []):
-            assert units(field["text"]) <= 2000
+            assert utf16_units(field["text"]) <= 2000
     assert body["blocks"][-1]["type"] == "context"
     assert not any(b["type"] == "actions" for b in body["blocks"])
     details = body["blocks"][3]["text"]["text"]
@@ -424,7 +392,7 @@ async def test_429_honours_retry_after_and_holds_the_webhook(
 
 async def test_connection_refused_is_retryable_and_clean(webhook: str) -> None:
     closed = free_port()
-    s = SlackSink(context(f"hooks.slack.com=http://127.0.0.1:{closed}"))
+    s = SlackSink(sink_context(f"hooks.slack.com=http://127.0.0.1:{closed}"))
     try:
         d = delivery(webhook)
         with pytest.raises(RetryableError) as info:
@@ -485,7 +453,7 @@ async def test_shared_retry_policy_delivers_a_burst_at_slacks_pace() -> None:
     """The real clock and retry policy: 6 alerts at once all arrive, none earns a 429."""
     with FakeSlack(rate_limit=(1.0, 4)) as limited:  # a little looser than ours: jitter
         url = limited.add_webhook("T55555555", "B55555555", "p" * 24)
-        s = SlackSink(context(limited.override))
+        s = SlackSink(sink_context(limited.override))
         recorder = _Recorder()
         policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
         runner = DeliveryRunner(s, policy, recorder, SecretBox.parse(TEST_SECRET_KEYS))
@@ -574,11 +542,7 @@ def test_worker_delivers_alerts_to_slack_end_to_end(kafka_bootstrap: str, tmp_pa
                 "min_risk_level": "medium",
                 "settings": {"webhook_url": url, "channel": CHANNEL},
             }
-            produce(kafka_bootstrap, topics.integrations, [(f"{tenant}/slack-e2e", config)])
-            deadline = time.monotonic() + 60
-            while (worker.health() or {}).get("integrations", 0) < 1:
-                assert time.monotonic() < deadline, worker.log_tail()
-                time.sleep(0.1)
+            put_configs(kafka_bootstrap, topics, worker, config)
             alerts = [make_alert(i, tenant, alert_id=f"slack-e2e-{i}") for i in range(8)]
             produce(kafka_bootstrap, topics.alerts, [(tenant, a) for a in alerts])
             wanted = [a for a in alerts if a["risk_level"] != "low"]  # 6 of 8

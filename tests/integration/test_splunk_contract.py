@@ -12,17 +12,26 @@ from typing import Any
 
 import pytest
 
-from schemas.models import Alert, Delivery, IntegrationConfig, idempotency_key
-from sinks.base import Batch, BatchLimits
+from schemas.models import Alert, Delivery, IntegrationConfig
+from sinks.base import Batch
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import EgressGuard, HostOverrides
 from sinks.registry import SinkContext
 from sinks.splunk import sink as splunk_sink
 from sinks.splunk.config import SplunkSettings
 from sinks.splunk.sink import ACK_RETRY_AFTER, MAX_REQUEST_BYTES, SplunkSink
 from tests.fakes.splunk_hec import ACK_PATH, HecAnswer, SplunkHEC, Token, busy, hec_error
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
-from tests.harness import TopicSet, WorkerProcess, free_port, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    batch_of,
+    delivery_of,
+    free_port,
+    make_alert,
+    produce,
+    put_configs,
+    sink_context,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +61,7 @@ def hec() -> Iterator[SplunkHEC]:
 
 
 def context(hec_url: str) -> SinkContext:
-    return SinkContext(
-        HostOverrides.parse(f"*.splunkcloud.com={hec_url}"),
-        EgressGuard.parse("127.0.0.1/32"),
-        BatchLimits(),
-    )
+    return sink_context(f"*.splunkcloud.com={hec_url}")
 
 
 @pytest.fixture
@@ -93,31 +98,19 @@ def make_delivery(offset: int, settings: dict[str, Any], **alert: Any) -> Delive
         version=1,
         settings=settings,
     )
-    return Delivery(
-        alert=Alert(**fields),
-        integration=integration,
-        config_version=1,
-        idempotency_key=idempotency_key(fields["alert_id"], INTEGRATION),
-        source_topic=TOPIC,
-        source_partition=PARTITION,
-        source_offset=offset,
-        routed_at=time.time(),
+    return delivery_of(
+        Alert(**fields),
+        integration,
+        offset=offset,
+        topic=TOPIC,
+        partition=PARTITION,
         produced_at=1714564800.0,
     )
 
 
 def make_batch(offsets: range | list[int], settings: dict[str, Any], **alert: Any) -> Batch:
     records = [make_delivery(o, settings, **alert) for o in offsets]
-    return Batch(
-        integration=records[0].integration,
-        topic=TOPIC,
-        partition=PARTITION,
-        first_offset=records[0].source_offset,
-        last_offset=records[-1].source_offset,
-        day=dt.date(2024, 5, 1),
-        records=records,
-        size_bytes=300 * len(records),
-    )
+    return batch_of(records, day=dt.date(2024, 5, 1), bytes_per_record=300)
 
 
 async def write(sink: SplunkSink, batch: Batch) -> int | None:
@@ -563,11 +556,7 @@ def test_worker_delivers_every_alert_to_hec_once(
             "name": "SIEM",
             "settings": splunk_settings(index="security", compression="gzip"),
         }
-        produce(kafka_bootstrap, topics.integrations, [(f"{tenant}/siem", config)])
-        deadline = time.monotonic() + 30
-        while (worker.health() or {}).get("integrations", 0) < 1:
-            assert time.monotonic() < deadline, worker.log_tail()
-            time.sleep(0.1)
+        put_configs(kafka_bootstrap, topics, worker, config, timeout=30)
         alerts = [make_alert(i, tenant, alert_id=f"hec-{i}") for i in range(25)]
         produce(kafka_bootstrap, topics.alerts, [(tenant, a) for a in alerts])
 

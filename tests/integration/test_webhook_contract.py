@@ -25,13 +25,18 @@ import trustme
 
 from schemas.models import Alert, Delivery, IntegrationConfig
 from schemas.models import idempotency_key as make_key
-from sinks.base import BatchLimits
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import EgressGuard, HostOverrides
-from sinks.registry import SinkContext
 from sinks.webhook.sink import WebhookSink, build_request
 from tests.fakes.https_receiver import Answer, HttpsReceiver
-from tests.harness import TopicSet, WorkerProcess, make_alert, produce
+from tests.harness import (
+    TopicSet,
+    WorkerProcess,
+    delivery_of,
+    make_alert,
+    produce,
+    put_configs,
+    sink_context,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +112,7 @@ def plain() -> Iterator[HttpsReceiver]:
 
 @pytest.fixture
 async def sink() -> AsyncIterator[WebhookSink]:
-    s = WebhookSink(SinkContext(HostOverrides(), EgressGuard.parse("127.0.0.1/32"), BatchLimits()))
+    s = WebhookSink(sink_context())
     yield s
     await s.aclose()
 
@@ -145,16 +150,7 @@ def delivery(settings: dict[str, Any], **alert_fields: Any) -> Delivery:
         version=3,
         settings=settings,
     )
-    return Delivery(
-        alert=a,
-        integration=integration,
-        config_version=3,
-        idempotency_key=make_key(a.alert_id, integration.integration_id),
-        source_topic="alerts",
-        source_partition=0,
-        source_offset=next(_offsets),
-        routed_at=time.time(),
-    )
+    return delivery_of(a, integration, offset=next(_offsets), config_version=3)
 
 
 def tls_settings(url: str, pem: str, **extra: Any) -> dict[str, Any]:
@@ -507,11 +503,7 @@ def test_worker_delivers_over_mtls_signed_and_patterned_end_to_end(
                     headers=[{"name": "Authorization", "value": f"Bearer {HEADER_SECRET}"}],
                 ),
             }
-            produce(kafka_bootstrap, topics.integrations, [(f"{tenant}/hook-e2e", config)])
-            deadline = time.monotonic() + 60
-            while (worker.health() or {}).get("integrations", 0) < 1:
-                assert time.monotonic() < deadline, worker.log_tail()
-                time.sleep(0.1)
+            put_configs(kafka_bootstrap, topics, worker, config)
             alerts = [make_alert(i, tenant, alert_id=f"wh-e2e-{i}") for i in range(4)]
             # the same alert twice (a producer retry): the receiver accepts it once
             produce(kafka_bootstrap, topics.alerts, [(tenant, a) for a in [*alerts, alerts[0]]])
