@@ -79,5 +79,5 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
             holder.on_revoked(revoked)
 
     register_views(app, table)
-    register_api(app, table, IntegrationService(table, topics, box, sinks, health))
+    register_api(app, table, IntegrationService(table, topics, box, sinks, health), partitions)
     return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box)

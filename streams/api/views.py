@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
-from faust.types import TableT
+from faust.types import TP, TableT
 from faust.web import Request, Response, View
 
 from streams import metrics
+from streams.agents.router import tenant_partition
 from streams.api.integrations import ApiError, IntegrationService, forward
 
 if TYPE_CHECKING:
@@ -53,7 +54,9 @@ def register_views(app: faust.App, table: TableT) -> None:
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
 
-def register_api(app: faust.App, table: TableT, service: IntegrationService) -> None:
+def register_api(
+    app: faust.App, table: TableT, service: IntegrationService, partitions: int
+) -> None:
     """The integrations API; every route authenticates, scopes to the token's tenant and
     runs on the worker that owns the tenant's partition."""
     from streams.api.tokens import TokenStore
@@ -74,10 +77,15 @@ def register_api(app: faust.App, table: TableT, service: IntegrationService) -> 
             return view.json({"error": f"a valid bearer token is required{hint}"}, status=401)
         if principal.tenant_id != tenant_id:
             return view.json({"error": "not found"}, status=404)
-        try:
-            owner = str(app.assignor.key_store(changelog, tenant_id.encode()))
-        except KeyError:
+        # The owner of the tenant's table partition. Computed with the router's own
+        # partitioner: faust's key_store asks the producer's metadata, which does not know
+        # the changelog topic until this worker has written to it.
+        owner_url = app.assignor._tps_url.get(
+            TP(changelog, tenant_partition(tenant_id, partitions))
+        )
+        if owner_url is None:
             return view.json({"error": "the worker is starting; try again"}, status=503)
+        owner = str(owner_url)
         body = await request.read()
         if owner.rstrip("/") != str(app.conf.canonical_url).rstrip("/"):
             if request.headers.get("X-Alertrelay-Forwarded"):
