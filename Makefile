@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install kafka-jars run demo test test-unit test-integration lint fmt clean
+.PHONY: help install kafka-jars run demo test test-unit test-integration lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ test-integration: install kafka-jars ## integration tests on a real Kafka broker
 
 test: install kafka-jars lint ## everything: lint, unit and integration tests
 	$(PY) -m pytest tests -q -ra --durations=15
+
+bench: install kafka-jars ## benchmarks (throughput, latency, memory): writes BENCHMARKS.md and bench/results/
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, caches and local state (keeps the Kafka jars)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .alertrelay dev/.run *.egg-info
