@@ -34,6 +34,7 @@ class Pending:
 @dataclass
 class _Buffer:
     records: list[Delivery] = field(default_factory=list)
+    offsets: set[int] = field(default_factory=set)
     acks: list[Any] = field(default_factory=list)
     size: int = 0
     opened: float = field(default_factory=time.monotonic)
@@ -50,24 +51,42 @@ class Batcher:
     def __init__(self, limits: BatchLimits) -> None:
         self.limits = limits
         self._buffers: dict[BufferKey, _Buffer] = {}
+        self._cut: dict[BufferKey, int] = {}  # highest source offset already in a batch
 
     def __len__(self) -> int:
         return sum(len(b.records) for b in self._buffers.values())
 
-    def add(
-        self, delivery: Delivery, ack: Any, delivery_partition: int, size: int
-    ) -> Pending | None:
-        """Buffer one record; returns a batch when this record fills its buffer."""
-        key: BufferKey = (
+    @staticmethod
+    def _key(delivery: Delivery, delivery_partition: int) -> BufferKey:
+        return (
             delivery.integration.key,
             delivery_partition,
             delivery.source_topic,
             delivery.source_partition,
         )
+
+    def is_duplicate(self, delivery: Delivery, delivery_partition: int) -> bool:
+        """The same source offset again: a router that crashed before committing routes
+        its alerts a second time. Counting it would also shift the batch boundaries.
+        (Redriven records are never duplicates: they are sent on purpose.)"""
+        if delivery.redrive:
+            return False
+        key = self._key(delivery, delivery_partition)
+        buf = self._buffers.get(key)
+        return (buf is not None and delivery.source_offset in buf.offsets) or (
+            delivery.source_offset <= self._cut.get(key, -1)
+        )
+
+    def add(
+        self, delivery: Delivery, ack: Any, delivery_partition: int, size: int
+    ) -> Pending | None:
+        """Buffer one record; returns a batch when this record fills its buffer."""
+        key = self._key(delivery, delivery_partition)
         buf = self._buffers.get(key)
         if buf is None:
             buf = self._buffers[key] = _Buffer()
         buf.records.append(delivery)
+        buf.offsets.add(delivery.source_offset)
         buf.acks.append(ack)
         buf.size += size
         if len(buf.records) >= self.limits.max_events or buf.size >= self.limits.max_bytes:
@@ -89,11 +108,14 @@ class Batcher:
         keys = [k for k in self._buffers if k[1] in gone]
         for key in keys:
             del self._buffers[key]
+        for key in [k for k in self._cut if k[1] in gone]:
+            del self._cut[key]
         return len(keys)
 
     def _take(self, key: BufferKey) -> Pending:
         buf = self._buffers.pop(key)
         records = sorted(buf.records, key=lambda d: d.source_offset)
+        self._cut[key] = max(self._cut.get(key, -1), records[-1].source_offset)
         first = records[0]
         batch = Batch(
             integration=max(records, key=lambda d: d.config_version).integration,

@@ -166,6 +166,9 @@ class BatchingAgent:
                 if delivery is None:
                     self._acks.done(slot)
                     continue
+                if self.batcher.is_duplicate(delivery, event.message.partition):
+                    self._acks.done(slot)  # its original holds the earlier offset
+                    continue
                 size = len(event.message.value or b"")
                 self._held += size
                 pending = self.batcher.add(delivery, slot, event.message.partition, size)

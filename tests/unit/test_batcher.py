@@ -206,3 +206,20 @@ def test_acks_come_back_with_the_batch() -> None:
     assert pending.delivery_partition == 5
     assert len(pending.acks) == 3
     assert set(map(id, pending.acks)) == set(map(id, acks))
+
+
+def test_a_source_offset_seen_again_is_a_duplicate_and_not_counted() -> None:
+    """A router that crashed before committing routes its alerts a second time."""
+    batcher = Batcher(BatchLimits(max_events=3))
+    first = [make_delivery(offset=o) for o in (0, 1)]
+    for d in first:
+        assert not batcher.is_duplicate(d, 0)
+        assert batcher.add(d, object(), 0, 10) is None
+    again = make_delivery(offset=1)
+    assert batcher.is_duplicate(again, 0)
+    pending = batcher.add(make_delivery(offset=2), object(), 0, 10)
+    assert pending is not None and [r.source_offset for r in pending.batch.records] == [0, 1, 2]
+    assert batcher.is_duplicate(make_delivery(offset=2), 0)  # already cut into a batch
+    assert not batcher.is_duplicate(make_delivery(offset=3), 0)
+    redriven = make_delivery(offset=1).model_copy(update={"redrive": True})
+    assert not batcher.is_duplicate(redriven, 0)
