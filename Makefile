@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install kafka-jars run demo test test-unit test-integration lint fmt bench clean
+.PHONY: help install kafka-jars run demo test test-unit test-integration test-faults lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ test-integration: install kafka-jars ## integration tests on a real Kafka broker
 	$(PY) -m pytest tests/integration -q
 
 test: install kafka-jars lint ## everything: lint, unit and integration tests
-	$(PY) -m pytest tests -q -ra --durations=15
+	$(PY) -m pytest tests -q -ra --durations=15 -m "not faults"
+
+test-faults: install kafka-jars ## fault injection: SIGKILLs, outages, rebalances, broker restart (~5 min)
+	$(PY) -m pytest tests/integration/test_faults.py -q -s
 
 bench: install kafka-jars ## benchmarks (throughput, latency, memory): writes BENCHMARKS.md and bench/results/
 	$(PY) -m pip install -q -e '.[dev,bench]'
