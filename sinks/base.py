@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, SecretStr
 
 from schemas.models import Delivery, IntegrationConfig
+from sinks.http import Redactor
 
 __all__ = [
     "Batch",
@@ -62,6 +63,17 @@ class Sink(ABC, Generic[S]):
 
     def secrets(self, settings: S) -> list[str]:
         return collect_secrets(settings)
+
+    def redactor(self, settings: S) -> Redactor:
+        """The redactor for these settings, built once per settings object, not per alert
+        (the runner parses settings once per integration and config version)."""
+        cache: dict[int, tuple[S, Redactor]] = self.__dict__.setdefault("_redactors", {})
+        entry = cache.get(id(settings))
+        if entry is None or entry[0] is not settings:  # the kept reference pins the id
+            if len(cache) > 10_000:
+                cache.clear()
+            entry = cache[id(settings)] = (settings, Redactor(self.secrets(settings)))
+        return entry[1]
 
     @abstractmethod
     async def check(self, integration: IntegrationConfig, settings: S) -> str:

@@ -114,7 +114,7 @@ class _SettingsCache:
             integration = delivery.integration
             opened = self._box.open_settings(integration.settings, integration.key)
             settings = self._sink.parse_settings(opened)
-            prepared = _Prepared(settings, Redactor(self._sink.secrets(settings)))
+            prepared = _Prepared(settings, self._sink.redactor(settings))
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key] = prepared

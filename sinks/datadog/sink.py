@@ -384,7 +384,7 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
         Returns 201 when created, 200 when the search found it, None when this process
         created it moments ago (no request made).
         """
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         marker = dedup_marker(delivery.idempotency_key)
         async with self._locks.hold(f"{settings.api_base}\x00{marker}"):
             if (settings.api_base, marker) in self._created:
@@ -417,7 +417,7 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
         Test should not do in an incident tool (it would page people); the first real
         alert proves it, and a 403 then names the permission.
         """
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         resp = await self._call("GET", _VALIDATE_PATH, settings, redact)
         if resp.status_code != 200:
             raise self._fail(resp, settings, redact, "validate the keys")

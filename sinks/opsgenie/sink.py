@@ -204,7 +204,7 @@ class OpsgenieSink(PerAlertSink[OpsgenieSettings]):
     async def _create(
         self, body: dict[str, Any], settings: OpsgenieSettings
     ) -> tuple[int, dict[str, Any]]:
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         what = "Opsgenie Alert API"
         response = await send_json(
             self._client,
@@ -284,7 +284,7 @@ class OpsgenieSink(PerAlertSink[OpsgenieSettings]):
         self, request_id: str, settings: OpsgenieSettings
     ) -> tuple[bool, str] | None:
         """(succeeded, Opsgenie's status text), or None when it is not known yet."""
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         url = f"{settings.webhook_url}/requests/{quote(request_id, safe='')}"
         try:
             response = await self._client.get(url, headers=self._headers(settings))

@@ -168,7 +168,7 @@ class PagerDutySink(PerAlertSink[PagerDutySettings]):
         return await self._enqueue(build_event(delivery, settings), settings)
 
     async def _enqueue(self, event: dict[str, Any], settings: PagerDutySettings) -> int:
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         what = "PagerDuty Events API"
         response = await send_json(
             self._client,

@@ -451,7 +451,7 @@ class SlackSink(PerAlertSink[SlackSettings]):
         settings: SlackSettings,
         delivery: Delivery | None,
     ) -> int:
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         what = f"Slack webhook for {settings.channel}"
         response = await send_json(
             self._client, "POST", url, headers={}, redact=redact, what=what, body=message

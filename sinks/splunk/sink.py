@@ -224,7 +224,7 @@ class SplunkSink(BatchingSink[SplunkSettings]):
     # -- delivery ------------------------------------------------------------------
 
     async def write(self, batch: Batch, settings: SplunkSettings) -> int | None:
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         place: Place = (_destination(batch.integration, settings), batch.topic, batch.partition)
         pending = self._unaccepted(place, batch.records)
         if not pending:
@@ -390,7 +390,7 @@ class SplunkSink(BatchingSink[SplunkSettings]):
         """HEC health (no token needed), then an empty POST with the token: code 5
         ("No data") is Splunk's way of saying the token is good; with use_ack, an ack
         query proves acknowledgement is enabled for the token."""
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         origin = _origin(settings)
         what = f"Splunk HEC health check at {origin}"
         try:

@@ -187,7 +187,7 @@ class WebhookSink(PerAlertSink[WebhookSettings]):
         return client
 
     async def send(self, delivery: Delivery, settings: WebhookSettings) -> int | None:
-        redact = Redactor(self.secrets(settings))
+        redact = self.redactor(settings)
         rendered = None
         if settings.body_pattern is not None:
             try:
