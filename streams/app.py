@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import faust
+from faust.types import TransportT
 
+from streams.consumer import GaplessTransport
 from streams.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["AlertrelayApp", "create_app"]
+
+
+class AlertrelayApp(faust.App):  # type: ignore[misc]
+    """faust's App reading through `GaplessConsumer` (streams/consumer.py)."""
+
+    sparse_topics: frozenset[str] = frozenset()
+    """Compacted topics: holes in their offsets are normal, not records skipped."""
+    fetch_max_wait_ms: int | None = None
+    """How long the broker may hold a fetch with nothing to return (faust: 1 500 ms)."""
+
+    def _new_transport(self) -> TransportT:
+        return GaplessTransport(self.conf.broker_consumer, self)
 
 
 def _broker_urls(bootstrap: str) -> str:
@@ -16,7 +30,7 @@ def _broker_urls(bootstrap: str) -> str:
 def create_app(settings: Settings, partitions: int) -> faust.App:
     """One worker process's App; `partitions` is what the alerts topic really has."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = AlertrelayApp(
         settings.app_id,
         broker=_broker_urls(settings.bootstrap_servers),
         store="memory://",
@@ -41,3 +55,6 @@ def create_app(settings: Settings, partitions: int) -> faust.App:
         key_serializer="json",
         value_serializer="json",
     )
+    app.sparse_topics = frozenset({settings.topic_integrations})
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    return app

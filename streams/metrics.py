@@ -15,6 +15,7 @@ __all__ = [
     "DLQ",
     "END_TO_END",
     "REGISTRY",
+    "REREAD",
     "ROUTED",
     "record_attempt",
     "render",
@@ -26,6 +27,13 @@ ALERTS = Counter(
     "alertrelay_alerts_consumed",
     "Alerts read from the alerts topic, by result (routed, no_match, unknown_tenant, invalid)",
     ["result"],
+    registry=REGISTRY,
+)
+REREAD = Counter(
+    "alertrelay_consumer_rereads",
+    "Holes in a partition's offsets, by outcome: recovered (records the engine skipped, "
+    "read again) or real (transaction markers, retention; read past)",
+    ["outcome"],
     registry=REGISTRY,
 )
 ROUTED = Counter(

@@ -64,6 +64,7 @@ class Settings:
     max_in_flight: int = 2000
     batch_memory_cap: int = 256 * 1024 * 1024
     commit_interval: float = 1.0
+    fetch_max_wait_ms: int = 100
     session_timeout: float = 10.0
     retry_tiers: tuple[int, ...] = (1, 5, 30, 120, 600)
     breaker_threshold: int = 5
@@ -107,6 +108,7 @@ class Settings:
             max_in_flight=_int("ALERTRELAY_MAX_IN_FLIGHT", cls.max_in_flight),
             batch_memory_cap=_int("ALERTRELAY_BATCH_MEMORY_CAP", cls.batch_memory_cap),
             commit_interval=_float("ALERTRELAY_COMMIT_INTERVAL", cls.commit_interval),
+            fetch_max_wait_ms=_int("ALERTRELAY_FETCH_MAX_WAIT_MS", cls.fetch_max_wait_ms),
             session_timeout=_float("ALERTRELAY_SESSION_TIMEOUT", cls.session_timeout),
             log_level=_env("ALERTRELAY_LOG_LEVEL", cls.log_level),
         )

@@ -1,0 +1,229 @@
+"""faust's Kafka consumer, made to never skip a record it did not hand to an agent.
+
+faust reads records in a loop (`Consumer._drain_messages`) and, when the offsets it reads
+jump (`offset > last read + 1`), records the hole as a "gap" that its commit logic later
+treats as acknowledged. Holes are real on compacted or transactional topics, but faust
+also makes its own: `getmany` stops a fetched batch half way (a generation change, the
+flow suspended for a rebalance, a partition paused meanwhile) after the broker position
+already moved past the rest, a record whose hand-off was cancelled by the flow stopping
+still counts as read, and a read finishing after a rebalance writes a stale position.
+Each of these is a record that was never processed yet gets committed: a silent loss
+(seen as alerts "never routed" in the fan-out benchmark and the SIGKILL tests).
+
+`GaplessConsumer` keeps faust's loop but, on a topic whose offsets are dense, answers a
+hole by seeking back to the first missing offset and reading again. Only if the same
+hole is still there after that re-read is it real (transaction markers, retention) and
+handed to faust's gap bookkeeping as before. It also sets the broker's fetch wait, which
+faust fixes at 1 500 ms (`AlertrelayApp.fetch_max_wait_ms`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams import metrics
+
+__all__ = ["GaplessConsumer", "GaplessTransport", "ReadGuard", "Verdict"]
+
+log = logging.getLogger(__name__)
+
+_YIELD_EVERY = 100
+
+
+class Verdict(enum.Enum):
+    READ = "read"
+    """The next record of its partition (or the first one we know nothing about)."""
+    DUPLICATE = "duplicate"
+    """Below the position: already handed over (a re-read after a seek)."""
+    REFETCH = "refetch"
+    """A hole not seen before: seek back to `ReadGuard.expected(tp)` and read again."""
+    GAP = "gap"
+    """A hole still there after a re-read, or on a topic whose holes are normal."""
+
+
+class ReadGuard:
+    """Per partition, the offset the next record must have.
+
+    Positions come from seeks (the committed offset after a rebalance, explicit seeks) and
+    from each record handed over. What to do about a record is a pure decision, so the
+    rules are tested without a broker.
+    """
+
+    def __init__(self) -> None:
+        self._expected: dict[TP, int] = {}
+        self._refetched: dict[TP, int] = {}
+
+    def expected(self, tp: TP) -> int | None:
+        return self._expected.get(tp)
+
+    def positioned(self, tp: TP, offset: int | None) -> None:
+        """The consumer was positioned here (None: unknown, e.g. reset to earliest)."""
+        if offset is None or offset < 0:
+            self._expected.pop(tp, None)
+        else:
+            self._expected[tp] = offset
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._expected.pop(tp, None)
+            self._refetched.pop(tp, None)
+
+    def check(self, tp: TP, offset: int, dense: bool) -> Verdict:
+        expected = self._expected.get(tp)
+        if expected is None or offset == expected:
+            return Verdict.READ
+        if offset < expected:
+            return Verdict.DUPLICATE
+        if not dense or self._refetched.get(tp) == expected:
+            return Verdict.GAP
+        self._refetched[tp] = expected
+        return Verdict.REFETCH
+
+    def read(self, tp: TP, offset: int) -> bool:
+        """The record at `offset` was handed over; True if a re-read just recovered it."""
+        self._expected[tp] = offset + 1
+        return self._refetched.pop(tp, None) == offset
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait: int | None = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait is not None:
+            # faust passes a fixed 1 500 ms. Under load a partition left out of a fetch
+            # (its records still buffered) waits for that fetch to expire: seconds of
+            # latency (BENCHMARKS.md). aiokafka reads this when it starts its fetcher.
+            consumer._fetch_max_wait_ms = wait
+        return consumer
+
+
+class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    """faust's aiokafka consumer with `_drain_messages` guarded by a `ReadGuard`.
+
+    Topics named in the App's `sparse_topics` are read as faust does (holes accepted
+    without a re-read): compacted topics, where holes are the norm. Everything else is
+    assumed dense.
+    """
+
+    _n_acked: int  # faust's count of acks since the last commit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_guard = ReadGuard()
+
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # -- positions --------------------------------------------------------------------
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed: Mapping[TP, int] = await super().seek_to_committed()
+        for tp, offset in committed.items():
+            self.read_guard.positioned(tp, offset)
+        return committed
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        await super().seek_wait(partitions)
+        for tp, offset in partitions.items():
+            self.read_guard.positioned(tp, offset)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        await super()._seek(partition, offset)
+        self.read_guard.positioned(partition, offset)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.read_guard.forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def _refetch(self, tp: TP, offset: int) -> None:
+        log.debug("%s-%d: offsets jumped past %d, reading again from there", *tp, offset)
+        try:
+            await self.seek_wait({tp: offset})
+        except Exception as exc:  # revoked meanwhile: the new assignment positions it
+            log.warning("seek of %s-%d to %d failed: %r", tp.topic, tp.partition, offset, exc)
+
+    # -- the read loop ----------------------------------------------------------------
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via tests
+        """faust's loop (faust/transport/consumer.py) with the guard in the middle."""
+        callback = self.callback
+        stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        guard = self.read_guard
+        sparse: frozenset[str] = getattr(self.app, "sparse_topics", frozenset())
+        read_offset = self._read_offset
+        since_yield = 0
+        try:
+            while not (stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                generation = self.app.consumer_generation_id
+                records = self.getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    refetching: set[TP] = set()
+                    async for tp, message in records:
+                        since_yield += 1
+                        if since_yield > _YIELD_EVERY:
+                            await asyncio.sleep(0)
+                            since_yield = 0
+                        if tp in refetching:
+                            continue  # the rest of this batch is read again after the seek
+                        offset = message.offset
+                        acked = acks_enabled_for(message.topic)
+                        verdict = guard.check(tp, offset, acked and message.topic not in sparse)
+                        if verdict is Verdict.DUPLICATE:
+                            continue
+                        if verdict is Verdict.REFETCH:
+                            refetching.add(tp)
+                            await self._refetch(tp, cast(int, guard.expected(tp)))
+                            continue
+                        if verdict is Verdict.GAP and acked:
+                            metrics.REREAD.labels("real").inc()
+                            await self._add_gap(tp, cast(int, guard.expected(tp)), offset - 1)
+                        every: int | None = self._commit_every
+                        if every is not None and self._n_acked >= every:
+                            self._n_acked = 0
+                            await self.commit()
+                        handing = callback(message)
+                        result = await self.wait_first(handing, self.suspend_flow.wait())
+                        if self.app.consumer_generation_id != generation:
+                            # A rebalance happened meanwhile: its seek to the committed
+                            # offsets decides where reading goes on, not this record.
+                            break
+                        if handing not in result.done:
+                            # The flow stopped before the record reached its agents; the
+                            # hole it leaves is re-read (guard) or the rebalance re-seeks.
+                            break
+                        if guard.read(tp, offset):
+                            metrics.REREAD.labels("recovered").inc()
+                            log.warning(
+                                "%s-%d: read offset %d again after it was skipped", *tp, offset
+                            )
+                        read_offset[tp] = offset
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+class GaplessTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+    Consumer = GaplessConsumer

@@ -1,0 +1,88 @@
+"""streams.consumer: what the consumer does with each record's offset, and how it is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faust.types import TP
+
+from streams.app import create_app
+from streams.consumer import GaplessConsumer, ReadGuard, Verdict
+from streams.settings import Settings
+
+A = TP("alerts", 0)
+B = TP("alerts", 1)
+
+
+def test_nothing_known_reads_anything_then_expects_the_next() -> None:
+    guard = ReadGuard()
+    assert guard.check(A, 17, dense=True) is Verdict.READ
+    guard.read(A, 17)
+    assert guard.expected(A) == 18
+    assert guard.check(A, 18, dense=True) is Verdict.READ
+
+
+def test_below_the_position_is_a_duplicate() -> None:
+    guard = ReadGuard()
+    guard.positioned(A, 10)
+    assert guard.check(A, 9, dense=True) is Verdict.DUPLICATE
+
+
+def test_a_hole_is_read_again_once_then_accepted() -> None:
+    guard = ReadGuard()
+    guard.positioned(A, 10)
+    assert guard.check(A, 12, dense=True) is Verdict.REFETCH
+    assert guard.expected(A) == 10  # where to seek back to
+    # After the seek the hole is still there: a transaction marker, not a skip.
+    assert guard.check(A, 12, dense=True) is Verdict.GAP
+    assert guard.read(A, 12) is False
+    # The next hole gets its own re-read.
+    assert guard.check(A, 15, dense=True) is Verdict.REFETCH
+
+
+def test_a_re_read_that_finds_the_record_says_so() -> None:
+    guard = ReadGuard()
+    guard.positioned(A, 10)
+    assert guard.check(A, 11, dense=True) is Verdict.REFETCH
+    assert guard.check(A, 10, dense=True) is Verdict.READ
+    assert guard.read(A, 10) is True
+    assert guard.read(A, 11) is False
+
+
+def test_sparse_topics_accept_holes_without_a_re_read() -> None:
+    guard = ReadGuard()
+    guard.positioned(A, 10)
+    assert guard.check(A, 30, dense=False) is Verdict.GAP
+
+
+def test_positions_are_per_partition_and_forgotten_on_revocation() -> None:
+    guard = ReadGuard()
+    guard.positioned(A, 10)
+    guard.positioned(B, 3)
+    assert guard.check(B, 3, dense=True) is Verdict.READ
+    guard.forget([A])
+    assert guard.expected(A) is None
+    assert guard.check(A, 99, dense=True) is Verdict.READ  # the new assignment decides
+    assert guard.expected(B) == 3
+
+
+def test_unknown_or_negative_positions_mean_unknown() -> None:
+    guard = ReadGuard()
+    guard.positioned(A, 10)
+    guard.positioned(A, None)
+    assert guard.expected(A) is None
+    guard.positioned(A, -1001)  # "no committed offset" from the broker
+    assert guard.expected(A) is None
+
+
+async def test_the_app_reads_through_the_guarded_consumer_with_a_short_fetch_wait(
+    tmp_path: Path,
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path, fetch_max_wait_ms=42), 4)
+    assert isinstance(app.consumer, GaplessConsumer)
+    assert app.sparse_topics == {"integrations"}  # compacted: holes are normal
+    kafka = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        assert kafka._fetch_max_wait_ms == 42  # faust alone: 1 500
+    finally:
+        await kafka.stop()
