@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""CPU per webhook request: the project's httpx client against aiohttp's, same receiver.
+"""CPU per webhook request: the project's HTTP client stack, before and after, and bare aiohttp.
 
-    python bench/http_clients.py [--requests 6000] [--concurrency 100]
+    python bench/http_clients.py [--requests 6000] [--concurrency 100] [--delay 0.02]
 
-Starts bench/receiver.py (answers at once), then sends the same ~1 KB JSON POST with
-each client from one asyncio loop, `--concurrency` requests in flight, and reports
-requests/s and the process CPU per request. The httpx client is built by
-`sinks.http.build_client` exactly as the webhook sink builds it (egress guard, pooled
-connections); aiohttp is a plain `ClientSession` with a connection pool of the same size.
-Evidence for BENCHMARKS.md's fan-out recommendation; not part of `make bench`.
+Starts bench/receiver.py (answering each request after `--delay` seconds), then sends
+the same ~1 KB JSON POST with each client from one asyncio loop, `--concurrency`
+requests in flight, and reports requests/s and the process CPU per request:
+
+- `httpx + httpcore (previous transport)`: httpx.AsyncClient on httpx's own
+  AsyncHTTPTransport (httpcore/h11/anyio) with the pool size, keep-alive and timeouts
+  build_client used before it moved to aiohttp. (Its egress guard acted once per new
+  connection only, so leaving it out does not change the per-request cost.)
+- `httpx (sinks.http.build_client)`: the client every HTTP sink uses now, exactly as the
+  webhook sink builds it: httpx.AsyncClient on `sinks.aiohttp_transport`, egress guard
+  included.
+- `aiohttp ClientSession`: bare aiohttp with a pool of the same size, the floor.
+
+Evidence for BENCHMARKS.md's fan-out numbers; not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -56,10 +64,32 @@ async def drive(send: Any, total: int, concurrency: int) -> tuple[float, float]:
     return time.perf_counter() - t0, cpu_seconds() - cpu0
 
 
-async def with_httpx(url: str, body: bytes, total: int, conc: int) -> dict[str, Any]:
+def _old_client(conc: int) -> Any:
+    import httpx
+
+    limits = httpx.Limits(
+        max_connections=conc, max_keepalive_connections=conc, keepalive_expiry=5.0
+    )
+    transport = httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False, retries=0)
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(10.0, connect=5.0, pool=5.0),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": "alertrelay"},
+    )
+
+
+def _new_client(conc: int) -> Any:
     from sinks.http import EgressGuard, HostOverrides, build_client
 
-    client = build_client(overrides=HostOverrides(), guard=EgressGuard.parse("127.0.0.1/32"))
+    return build_client(
+        overrides=HostOverrides(), guard=EgressGuard.parse("127.0.0.1/32"), max_connections=conc
+    )
+
+
+async def with_httpx(make: Any, url: str, body: bytes, total: int, conc: int) -> dict[str, Any]:
+    client = make(conc)
     headers = {"Content-Type": "application/json", "Idempotency-Key": "ar-bench"}
 
     async def send() -> None:
@@ -100,6 +130,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="bench/http_clients.py", description=__doc__)
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument(
+        "--delay", type=float, default=0.02, help="seconds the receiver waits before answering"
+    )
     parser.add_argument("--out", type=Path, help="add the result to this JSON file")
     args = parser.parse_args()
     port = free_port()
@@ -111,7 +144,7 @@ def main() -> int:
             "--port",
             str(port),
             "--delay",
-            "0",
+            str(args.delay),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -121,14 +154,18 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/hook/bench"
         body = json.dumps({"alert_id": "x", "details": {}, "pad": "y" * 950}).encode()
         out = {
+            "httpx + httpcore (previous transport)": asyncio.run(
+                with_httpx(_old_client, url, body, args.requests, args.concurrency)
+            ),
             "httpx (sinks.http.build_client)": asyncio.run(
-                with_httpx(url, body, args.requests, args.concurrency)
+                with_httpx(_new_client, url, body, args.requests, args.concurrency)
             ),
             "aiohttp ClientSession": asyncio.run(
                 with_aiohttp(url, body, args.requests, args.concurrency)
             ),
             "requests": args.requests,
             "concurrency": args.concurrency,
+            "receiver_delay_s": args.delay,
             "sniffio_installed": _has_sniffio(),
             "pid": os.getpid(),
         }

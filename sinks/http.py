@@ -10,8 +10,9 @@ The stack built by `build_client`::
 
     httpx.AsyncClient (no redirects, no env proxies/netrc)
       -> host overrides (rewrite vendor host to a local base URL, tests/demos only)
-        -> httpx.AsyncHTTPTransport (HTTP/1.1 keep-alive pool)
-          -> guarded network backend (resolve once, check, connect to the checked IP)
+        -> AiohttpTransport (sinks.aiohttp_transport: aiohttp's HTTP/1.1 keep-alive pool,
+           about a tenth of httpcore's CPU per request)
+          -> guarded resolver (resolve once, check, connect to the checked IP)
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
-import httpcore
+import aiohttp
 import httpx
 import orjson
 
+from sinks.aiohttp_transport import AiohttpTransport
 from sinks.errors import DeliveryError, PermanentError, RetryableError, exception_chain
 
 __all__ = [
@@ -330,85 +332,6 @@ class EgressGuard:
         raise OSError(f"{host} resolved to no address")
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend that connects only to addresses the guard accepted.
-
-    Guarding here rather than rewriting the URL to an IP keeps the connection pool
-    keyed by host name: a pooled TLS connection verified for one name is never reused
-    for another name that happens to resolve to the same IP, and SNI/certificate checks
-    use the real name without any `sni_hostname` plumbing.
-    """
-
-    def __init__(self, guard: EgressGuard, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._guard = guard
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self._guard.resolve(host, port)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"could not resolve {host}: {exc}") from exc
-        last: Exception | None = None
-        for ip in addresses:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise httpcore.ConnectTimeout(f"connecting to {host} timed out")
-            try:
-                return await self._inner.connect_tcp(
-                    str(ip),
-                    port,
-                    timeout=remaining,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc  # try the next checked address (e.g. IPv6 unreachable)
-        assert last is not None
-        raise last
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are not reachable through the egress guard")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _GuardedHTTPTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the guarded backend under its connection pool."""
-
-    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits, guard: EgressGuard):
-        super().__init__(verify=ssl_context, limits=limits, http1=True, http2=False, retries=0)
-        # httpx offers no public way to pass a network backend; the pool it builds is
-        # replaced by an identical one that has ours (covered by the network tests).
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            retries=0,
-            network_backend=_GuardedBackend(guard, httpcore.AnyIOBackend()),
-        )
-
-
 # -- client factory --------------------------------------------------------------------
 
 
@@ -439,19 +362,20 @@ def build_client(
     would resend credentials); env proxies and netrc are ignored (a proxy would bypass
     the guard). `overrides`/`guard` of None mean "from the environment", so a sink
     cannot forget the guard; pass `HostOverrides()` for none. `timeout` bounds each
-    read and write; connecting and waiting for a pooled connection get at most 5 s.
+    read and write; connecting and waiting for a pooled connection get at most 5 s
+    each (see sinks.aiohttp_transport for how these map onto aiohttp's timeouts).
+    Requests run on aiohttp (`AiohttpTransport`); the httpx API stays the sinks' API.
     """
     if timeout <= 0:
         raise ValueError("timeout must be positive")
     overrides = HostOverrides.from_env() if overrides is None else overrides
     guard = EgressGuard.from_env() if guard is None else guard
-    limits = httpx.Limits(
+    # Every pooled connection may stay idle (no reconnect churn under load) for 5 s.
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(
+        ssl_context=_ssl_context(verify, cert),
+        guard=guard,
         max_connections=max_connections,
-        max_keepalive_connections=max_connections,  # no reconnect churn under load
         keepalive_expiry=5.0,
-    )
-    transport: httpx.AsyncBaseTransport = _GuardedHTTPTransport(
-        ssl_context=_ssl_context(verify, cert), limits=limits, guard=guard
     )
     if overrides:
         transport = _OverrideTransport(transport, overrides)
@@ -732,13 +656,55 @@ def classify_response(resp: httpx.Response, *, redact: Redactor, what: str) -> N
     raise PermanentError(message, status=status)
 
 
-def _tls_verification_detail(exc: BaseException) -> str | None:
-    links = list(exception_chain(exc))
+_TLS_TRANSPORT_BREAKS = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    ssl.SSLSyscallError,
+    ssl.SSLWantReadError,
+    ssl.SSLWantWriteError,
+)
+"""ssl errors that only say the connection broke off (EOF, reset during TLS): as
+retryable as any other dropped connection."""
+
+
+def _tls_links(exc: BaseException) -> Iterator[BaseException]:
+    """The exception chain, with what aiohttp's TLS errors wrap right after each of them
+    (they keep the ssl error as an attribute, not always as a cause)."""
+    for link in exception_chain(exc):
+        yield link
+        if isinstance(link, aiohttp.ClientConnectorCertificateError):
+            yield link.certificate_error
+        elif isinstance(link, aiohttp.ClientSSLError):
+            yield link.os_error
+
+
+def _ssl_text(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return re.sub(r"\s*\(_ssl\.c:\d+\)", "", text)
+
+
+def _tls_failure(exc: BaseException) -> tuple[bool, str] | None:
+    """(is a certificate verification failure, detail) when `exc` is a TLS failure that
+    the same attempt would meet again, else None."""
+    links = list(_tls_links(exc))
     for link in links:
         if isinstance(link, ssl.SSLCertVerificationError):
-            return str(link.verify_message or link.reason or "certificate verify failed")
-    if any("CERTIFICATE_VERIFY_FAILED" in str(link) for link in links):
-        return "certificate verify failed"
+            detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)
+            if detail:
+                return True, str(detail)
+    if any(
+        isinstance(link, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(link)
+        for link in links
+    ):
+        return True, "certificate verify failed"
+    for link in links:
+        if isinstance(link, _TLS_TRANSPORT_BREAKS):
+            return None
+        if isinstance(link, ssl.SSLError) and not isinstance(link, aiohttp.ClientSSLError):
+            return False, _ssl_text(link)
+    for link in links:
+        if isinstance(link, aiohttp.ClientSSLError):
+            return False, _ssl_text(link.os_error) if str(link.os_error) else "TLS error"
     return None
 
 
@@ -752,15 +718,22 @@ _TIMEOUT_PHASE: dict[type[BaseException], str] = {
 
 def classify_exception(exc: Exception, *, redact: Redactor, what: str) -> DeliveryError:
     """The DeliveryError for a failed exchange. Network trouble is retryable; a TLS
-    certificate that fails verification, or a request httpx cannot even form, is
-    permanent. An existing DeliveryError (e.g. the guard's refusal) is returned as is."""
+    failure (a certificate that fails verification, a handshake the server refuses, as
+    httpx, aiohttp or a bare ssl.SSLError reports it) or a request httpx cannot even
+    form is permanent: the same attempt would fail the same way. A connection that
+    merely broke off during TLS (EOF) stays retryable. An existing DeliveryError (e.g.
+    the guard's refusal) is returned as is."""
     if isinstance(exc, DeliveryError):
         return exc
     who = _clean(redact(what), 200)
     detail = _clean(redact(str(exc)), 200) or type(exc).__name__
-    tls = _tls_verification_detail(exc)
+    tls = _tls_failure(exc)
     if tls is not None:
-        return PermanentError(f"TLS verification failed for {who}: {_clean(redact(tls), 200)}")
+        verification, tls_detail = tls
+        shown = _clean(redact(tls_detail), 200)
+        if verification:
+            return PermanentError(f"TLS verification failed for {who}: {shown}")
+        return PermanentError(f"TLS with {who} failed: {shown}")
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         phase = next((p for t, p in _TIMEOUT_PHASE.items() if isinstance(exc, t)), "")
         return RetryableError(f"{who} timed out" + (f" {phase}" if phase else ""))
