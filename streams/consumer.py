@@ -13,8 +13,17 @@ Each of these is a record that was never processed yet gets committed: a silent 
 `GaplessConsumer` keeps faust's loop but, on a topic whose offsets are dense, answers a
 hole by seeking back to the first missing offset and reading again. Only if the same
 hole is still there after that re-read is it real (transaction markers, retention) and
-handed to faust's gap bookkeeping as before. It also sets the broker's fetch wait, which
-faust fixes at 1 500 ms (`AlertrelayApp.fetch_max_wait_ms`).
+handed to faust's gap bookkeeping as before.
+
+At start-up faust hands records to the agents before its first table recovery has
+positioned the partitions at their committed offsets, then empties the agents' queues
+when it resumes the flow: records read in that window were neither processed nor read
+again (faust took its seek back as a gap). So until the first recovery is complete only
+changelog records are handed over; the others are read again from the committed offset
+(or, with nothing committed, from the first one seen).
+
+It also sets the broker's fetch wait, which faust fixes at 1 500 ms
+(`AlertrelayApp.fetch_max_wait_ms`).
 """
 
 from __future__ import annotations
@@ -60,6 +69,15 @@ class ReadGuard:
     def __init__(self) -> None:
         self._expected: dict[TP, int] = {}
         self._refetched: dict[TP, int] = {}
+        self._first: dict[TP, int] = {}
+
+    def seen(self, tp: TP, offset: int) -> None:
+        """A record was fetched (handed over or held back)."""
+        self._first.setdefault(tp, offset)
+
+    def first_seen(self, tp: TP) -> int | None:
+        """The first offset fetched since the partition was assigned."""
+        return self._first.get(tp)
 
     def expected(self, tp: TP) -> int | None:
         return self._expected.get(tp)
@@ -75,6 +93,7 @@ class ReadGuard:
         for tp in tps:
             self._expected.pop(tp, None)
             self._refetched.pop(tp, None)
+            self._first.pop(tp, None)
 
     def check(self, tp: TP, offset: int, dense: bool) -> Verdict:
         expected = self._expected.get(tp)
@@ -126,8 +145,16 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()
+        guard = self.read_guard
+        unread: dict[TP, int] = {}
         for tp, offset in committed.items():
-            self.read_guard.positioned(tp, offset)
+            first = guard.first_seen(tp)
+            if (offset is None or offset < 0) and first is not None:
+                unread[tp] = first  # nothing committed: from what was fetched first
+            else:
+                guard.positioned(tp, offset)
+        if unread:
+            await self.seek_wait(unread)
         return committed
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
@@ -161,6 +188,8 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         guard = self.read_guard
         sparse: frozenset[str] = getattr(self.app, "sparse_topics", frozenset())
         read_offset = self._read_offset
+        recovered = self.app.tables.recovery.completed.is_set
+        is_changelog = self._is_changelog_tp
         since_yield = 0
         try:
             while not (stopped() or fetcher_stopped()):
@@ -178,6 +207,9 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                         if tp in refetching:
                             continue  # the rest of this batch is read again after the seek
                         offset = message.offset
+                        guard.seen(tp, offset)
+                        if not recovered() and not is_changelog(tp):
+                            continue  # start-up: read again once positioned (module doc)
                         acked = acks_enabled_for(message.topic)
                         verdict = guard.check(tp, offset, acked and message.topic not in sparse)
                         if verdict is Verdict.DUPLICATE:

@@ -86,3 +86,35 @@ async def test_the_app_reads_through_the_guarded_consumer_with_a_short_fetch_wai
         assert kafka._fetch_max_wait_ms == 42  # faust alone: 1 500
     finally:
         await kafka.stop()
+
+
+def test_the_first_offset_fetched_is_remembered_until_revocation() -> None:
+    guard = ReadGuard()
+    guard.seen(A, 40)
+    guard.seen(A, 41)
+    assert guard.first_seen(A) == 40
+    guard.forget([A])
+    assert guard.first_seen(A) is None
+
+
+async def test_seeking_to_committed_positions_the_guard(tmp_path: Path) -> None:
+    """Committed offsets position the guard; a partition with nothing committed whose
+    records were fetched (and held back) before is read again from the first of them."""
+    app = create_app(Settings(data_dir=tmp_path), 4)
+    consumer = app.consumer
+    sought: list[dict[TP, int]] = []
+
+    async def committed() -> dict[TP, int | None]:
+        return {A: 12, B: None}
+
+    async def seek_wait(partitions: dict[TP, int]) -> None:
+        sought.append(dict(partitions))
+
+    consumer._thread.seek_to_committed = committed
+    consumer._thread.seek_wait = seek_wait
+    consumer.read_guard.seen(A, 30)  # held back at start-up
+    consumer.read_guard.seen(B, 5)
+    await consumer.seek_to_committed()
+    assert consumer.read_guard.expected(A) == 12
+    assert sought == [{B: 5}]
+    assert consumer.read_guard.expected(B) == 5
