@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -9,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -340,9 +342,44 @@ class ApiClient:
         raise CliError(f"the API answered {status}" + (f": {detail}" if detail else ""))
 
 
-def _api_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--api-url, --token, --tenant and --timeout, shared by every integrations command."""
-    options = [
+def _bundled(
+    param: str, into: type[Any], options: Sequence[Callable[[Any], Any]]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator that adds `options` to a command and hands their values to it as one
+    `into` object (a dataclass whose fields are the options' parameter names), in the
+    parameter `param`. The options, their order and --help stay those of `options`."""
+    names = [f.name for f in fields(into)]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            kwargs[param] = into(**{name: kwargs.pop(name) for name in names})
+            return func(*args, **kwargs)
+
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class _Server:
+    """Where and as whom an integrations command talks to the API."""
+
+    api_url: str
+    token: str | None
+    tenant: str
+    timeout: float
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.api_url, self.token, self.tenant, self.timeout)
+
+
+_api_options = _bundled(
+    "server",
+    _Server,
+    [
         click.option(
             "--api-url",
             default="http://127.0.0.1:6066",
@@ -371,15 +408,89 @@ def _api_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="seconds to wait for an answer",
         ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    ],
+)
+"""--api-url, --token, --tenant and --timeout, shared by every integrations command:
+the command gets them as `server: _Server`."""
 
 
-def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """How to give a config: a JSON file, or options (which override the file's fields)."""
-    options = [
+@dataclass(frozen=True)
+class _ConfigInput:
+    """A config as given on the command line: a JSON file, and options over its fields."""
+
+    config_file: str | None
+    integration_id: str | None
+    type_: str | None
+    name: str | None
+    settings: tuple[str, ...]
+    setting_files: tuple[str, ...]
+    event_types: tuple[str, ...]
+    min_risk: str | None
+    enabled: bool | None
+
+    def anything(self) -> bool:
+        """Whether any of --file and the config options was given."""
+        return bool(
+            self.config_file
+            or self.type_
+            or self.name
+            or self.settings
+            or self.setting_files
+            or self.event_types
+            or self.min_risk
+            or self.integration_id
+            or self.enabled is not None
+        )
+
+    def file(self) -> dict[str, Any] | None:
+        """The config of --file (a file, or stdin for '-'), None without --file."""
+        return _load_config_file(self.config_file) if self.config_file else None
+
+    def build(self, tenant: str, base: dict[str, Any] | None) -> dict[str, Any]:
+        """The request body: the base (file or stored config) with the options on top."""
+        config = dict(base or {})
+        file_tenant = config.pop("tenant_id", None)
+        if file_tenant not in (None, tenant):
+            raise CliError(
+                f"the config is for tenant {file_tenant!r}, not --tenant {tenant!r}", EXIT_INVALID
+            )
+        config.pop("version", None)  # the server assigns versions
+        if self.integration_id is not None:
+            config["integration_id"] = self.integration_id
+        if self.type_ is not None:
+            config["type"] = self.type_
+        if self.name is not None:
+            config["name"] = self.name
+        if self.event_types:
+            config["event_types"] = list(dict.fromkeys(self.event_types))
+        if self.min_risk is not None:
+            config["min_risk_level"] = self.min_risk
+        if self.enabled is not None:
+            config["enabled"] = self.enabled
+        if self.settings or self.setting_files:
+            merged = dict(config.get("settings") or {})
+            merged.update(_parse_setting(item) for item in self.settings)
+            for item in self.setting_files:
+                key, sep, path = item.partition("=")
+                if not sep or not key.strip() or not path:
+                    raise click.BadParameter(
+                        f"expected KEY=PATH, got {item!r}", param_hint="--setting-file"
+                    )
+                merged[key.strip()] = _read_input(path)
+            config["settings"] = merged
+        missing = [f"--{f}" for f in ("type", "name") if not config.get(f)]
+        if missing:
+            raise click.UsageError(
+                f"give --file with a config, or {' and '.join(missing)} (with --setting ...)"
+            )
+        config.setdefault("settings", {})
+        return config
+
+
+_config_options = _bundled(
+    "given",
+    _ConfigInput,
+    [
         click.option(
             "--file",
             "config_file",
@@ -428,10 +539,10 @@ def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="save it switched on (default) or off",
         ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    ],
+)
+"""How to give a config: a JSON file, or options (which override the file's fields);
+the command gets them as `given: _ConfigInput`."""
 
 
 def _parse_setting(item: str) -> tuple[str, Any]:
@@ -461,57 +572,20 @@ def _load_config_file(path: str) -> dict[str, Any]:
     return dict(data)
 
 
-def _build_config(
-    tenant: str,
-    base: dict[str, Any] | None,
-    *,
-    integration_id: str | None,
-    type_: str | None,
-    name: str | None,
-    settings: tuple[str, ...],
-    setting_files: tuple[str, ...] = (),
-    event_types: tuple[str, ...],
-    min_risk: str | None,
-    enabled: bool | None,
-) -> dict[str, Any]:
-    """The request body: the base (file or stored config) with the options on top."""
-    config = dict(base or {})
-    file_tenant = config.pop("tenant_id", None)
-    if file_tenant not in (None, tenant):
-        raise CliError(
-            f"the config is for tenant {file_tenant!r}, not --tenant {tenant!r}", EXIT_INVALID
-        )
-    config.pop("version", None)  # the server assigns versions
-    if integration_id is not None:
-        config["integration_id"] = integration_id
-    if type_ is not None:
-        config["type"] = type_
-    if name is not None:
-        config["name"] = name
-    if event_types:
-        config["event_types"] = list(dict.fromkeys(event_types))
-    if min_risk is not None:
-        config["min_risk_level"] = min_risk
-    if enabled is not None:
-        config["enabled"] = enabled
-    if settings or setting_files:
-        merged = dict(config.get("settings") or {})
-        merged.update(_parse_setting(item) for item in settings)
-        for item in setting_files:
-            key, sep, path = item.partition("=")
-            if not sep or not key.strip() or not path:
-                raise click.BadParameter(
-                    f"expected KEY=PATH, got {item!r}", param_hint="--setting-file"
-                )
-            merged[key.strip()] = _read_input(path)
-        config["settings"] = merged
-    missing = [f"--{f}" for f in ("type", "name") if not config.get(f)]
-    if missing:
-        raise click.UsageError(
-            f"give --file with a config, or {' and '.join(missing)} (with --setting ...)"
-        )
-    config.setdefault("settings", {})
-    return config
+def _save(
+    api: ApiClient, config: dict[str, Any], *, test_first: bool, integration_id: str | None = None
+) -> Any:
+    """Save a new config (POST), or integration `integration_id`'s new config (PUT); with
+    --test-first only once the API's test of it passed."""
+    if test_first:
+        click.echo("Testing the config before saving ...", err=True)
+        result = api.call("POST", api.path("test"), body=config, what="test")
+        if not _print_test(result):
+            undone = "saved" if integration_id is None else "changed"
+            raise CliError(f"the test failed: the integration was NOT {undone}")
+    if integration_id is None:
+        return api.call("POST", api.path(), body=config, expect=(201, 200), what="save")
+    return api.call("PUT", api.path(integration_id), body=config, what=integration_id)
 
 
 def _print_saved(data: Any, verb: str) -> None:
@@ -559,22 +633,7 @@ def integrations() -> None:
     help="send a test alert with the config first and save only if it arrived",
 )
 @_api_options
-def integrations_add(
-    config_file: str | None,
-    integration_id: str | None,
-    type_: str | None,
-    name: str | None,
-    settings: tuple[str, ...],
-    setting_files: tuple[str, ...],
-    event_types: tuple[str, ...],
-    min_risk: str | None,
-    enabled: bool | None,
-    test_first: bool,
-    api_url: str,
-    token: str | None,
-    tenant: str,
-    timeout: float,
-) -> None:
+def integrations_add(given: _ConfigInput, test_first: bool, server: _Server) -> None:
     """Validate and save a new integration; print it (secrets masked) and its version.
 
     Give the config as a JSON file (--file) or with options; options override the
@@ -591,26 +650,9 @@ def integrations_add(
         --setting protocol=tcp --setting headers='[{"name":"X-Team","value":"soc"}]'
       alertrelay integrations add --tenant acme --file jira.json
     """
-    base = _load_config_file(config_file) if config_file else None
-    config = _build_config(
-        tenant,
-        base,
-        integration_id=integration_id,
-        type_=type_,
-        name=name,
-        settings=settings,
-        setting_files=setting_files,
-        event_types=event_types,
-        min_risk=min_risk,
-        enabled=enabled,
-    )
-    with ApiClient(api_url, token, tenant, timeout) as api:
-        if test_first:
-            click.echo("Testing the config before saving ...", err=True)
-            result = api.call("POST", api.path("test"), body=config, what="test")
-            if not _print_test(result):
-                raise CliError("the test failed: the integration was NOT saved")
-        saved = api.call("POST", api.path(), body=config, expect=(201, 200), what="save")
+    config = given.build(server.tenant, given.file())
+    with server.client() as api:
+        saved = _save(api, config, test_first=test_first)
     _print_saved(saved, "Saved")
 
 
@@ -620,21 +662,7 @@ def integrations_add(
 @click.option("--test-first", is_flag=True, help="test the new config first; save only if ok")
 @_api_options
 def integrations_update(
-    integration_id_arg: str,
-    config_file: str | None,
-    integration_id: str | None,
-    type_: str | None,
-    name: str | None,
-    settings: tuple[str, ...],
-    setting_files: tuple[str, ...],
-    event_types: tuple[str, ...],
-    min_risk: str | None,
-    enabled: bool | None,
-    test_first: bool,
-    api_url: str,
-    token: str | None,
-    tenant: str,
-    timeout: float,
+    integration_id_arg: str, given: _ConfigInput, test_first: bool, server: _Server
 ) -> None:
     """Replace integration ID's config, or change some fields of it.
 
@@ -642,12 +670,11 @@ def integrations_update(
     `update ID --disabled` switches it off and `--setting channel=#other` changes one
     setting. Masked secrets sent back keep their stored values.
     """
-    if integration_id not in (None, integration_id_arg):
+    if given.integration_id not in (None, integration_id_arg):
         raise click.UsageError("--id cannot differ from ID: an integration keeps its id")
-    with ApiClient(api_url, token, tenant, timeout) as api:
-        if config_file:
-            base = _load_config_file(config_file)
-        else:
+    with server.client() as api:
+        base = given.file()
+        if base is None:
             current = api.call("GET", api.path(integration_id_arg), what=integration_id_arg)
             base = dict(current.get("integration") or {}) if isinstance(current, dict) else {}
         if base.get("integration_id") not in (None, integration_id_arg):
@@ -656,42 +683,24 @@ def integrations_update(
                 f"not {integration_id_arg!r}",
                 EXIT_INVALID,
             )
-        config = _build_config(
-            tenant,
-            base,
-            integration_id=integration_id_arg,
-            type_=type_,
-            name=name,
-            settings=settings,
-            setting_files=setting_files,
-            event_types=event_types,
-            min_risk=min_risk,
-            enabled=enabled,
-        )
-        if test_first:
-            click.echo("Testing the config before saving ...", err=True)
-            result = api.call("POST", api.path("test"), body=config, what="test")
-            if not _print_test(result):
-                raise CliError("the test failed: the integration was NOT changed")
-        saved = api.call("PUT", api.path(integration_id_arg), body=config, what=integration_id_arg)
+        config = replace(given, integration_id=integration_id_arg).build(server.tenant, base)
+        saved = _save(api, config, test_first=test_first, integration_id=integration_id_arg)
     _print_saved(saved, "Updated")
 
 
 @integrations.command("list", epilog=_API_EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON instead of a table")
 @_api_options
-def integrations_list(
-    as_json: bool, api_url: str, token: str | None, tenant: str, timeout: float
-) -> None:
+def integrations_list(as_json: bool, server: _Server) -> None:
     """List the tenant's integrations: id, type, name, enabled, filters, version."""
-    with ApiClient(api_url, token, tenant, timeout) as api:
+    with server.client() as api:
         data = api.call("GET", api.path(), what="integrations")
     if as_json:
         click.echo(_dumps(data))
         return
     items = data.get("integrations", []) if isinstance(data, dict) else []
     if not items:
-        click.echo(f"no integrations for tenant {tenant!r}", err=True)
+        click.echo(f"no integrations for tenant {server.tenant!r}", err=True)
         return
     rows = []
     for item in items:
@@ -713,14 +722,12 @@ def integrations_list(
 @integrations.command("show", epilog=_API_EXIT_CODES)
 @click.argument("integration_id", metavar="ID")
 @_api_options
-def integrations_show(
-    integration_id: str, api_url: str, token: str | None, tenant: str, timeout: float
-) -> None:
+def integrations_show(integration_id: str, server: _Server) -> None:
     """Print integration ID as JSON (secrets masked) with its version.
 
     The output can be edited and given back with `update ID --file`.
     """
-    with ApiClient(api_url, token, tenant, timeout) as api:
+    with server.client() as api:
         data = api.call("GET", api.path(integration_id), what=integration_id)
     click.echo(_dumps(data))
 
@@ -729,46 +736,17 @@ def integrations_show(
 @click.argument("integration_id_arg", metavar="[ID]", required=False)
 @_config_options
 @_api_options
-def integrations_test(
-    integration_id_arg: str | None,
-    config_file: str | None,
-    integration_id: str | None,
-    type_: str | None,
-    name: str | None,
-    settings: tuple[str, ...],
-    setting_files: tuple[str, ...],
-    event_types: tuple[str, ...],
-    min_risk: str | None,
-    enabled: bool | None,
-    api_url: str,
-    token: str | None,
-    tenant: str,
-    timeout: float,
-) -> None:
+def integrations_test(integration_id_arg: str | None, given: _ConfigInput, server: _Server) -> None:
     """Send a test alert through saved integration ID, or through an unsaved config
     (--file, or the options of `add`). Prints ok/FAILED, the detail and the latency;
     exits 1 when the destination did not accept it."""
-    given = config_file or type_ or name or settings or setting_files or event_types or min_risk
-    if integration_id_arg and (given or integration_id or enabled is not None):
+    if integration_id_arg and given.anything():
         raise click.UsageError("give either a saved integration ID or a config, not both")
-    with ApiClient(api_url, token, tenant, timeout) as api:
+    with server.client() as api:
         if integration_id_arg:
             path, body = api.path(integration_id_arg, "test"), None
         else:
-            base = _load_config_file(config_file) if config_file else None
-            body = _build_config(
-                tenant,
-                base,
-                integration_id=integration_id,
-                type_=type_,
-                name=name,
-                settings=settings,
-                setting_files=setting_files,
-                event_types=event_types,
-                min_risk=min_risk,
-                enabled=enabled,
-            )
-            path = api.path("test")
+            path, body = api.path("test"), given.build(server.tenant, given.file())
         result = api.call("POST", path, body=body, what=integration_id_arg or "test")
     if not _print_test(result):
         sys.exit(EXIT_FAILED)
@@ -778,18 +756,18 @@ def integrations_test(
 @click.argument("integration_id", metavar="ID")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @_api_options
-def integrations_delete(
-    integration_id: str, yes: bool, api_url: str, token: str | None, tenant: str, timeout: float
-) -> None:
+def integrations_delete(integration_id: str, yes: bool, server: _Server) -> None:
     """Delete integration ID (a tombstone on the integrations topic): no more alerts go
     to it. Asks for confirmation unless --yes."""
     if not yes:
         click.confirm(
-            f"Delete integration {integration_id!r} of tenant {tenant!r}?", abort=True, err=True
+            f"Delete integration {integration_id!r} of tenant {server.tenant!r}?",
+            abort=True,
+            err=True,
         )
-    with ApiClient(api_url, token, tenant, timeout) as api:
+    with server.client() as api:
         api.call("DELETE", api.path(integration_id), expect=(204, 200), what=integration_id)
-    click.echo(f"Deleted integration {integration_id!r} of tenant {tenant!r}.", err=True)
+    click.echo(f"Deleted integration {integration_id!r} of tenant {server.tenant!r}.", err=True)
 
 
 # -- alerts -----------------------------------------------------------------------------

@@ -39,11 +39,10 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from schemas.models import Alert, Delivery, EventType, IntegrationConfig, RiskLevel
-from sinks.base import PerAlertSink
 from sinks.datadog.config import INCIDENTS_PATH, DatadogSettings
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import Redactor, build_client, classify_response, response_json, send_json
-from sinks.keyed import KeyedLocks, RecentlyCreated
+from sinks.http import Redactor, response_json
+from sinks.search_then_create import Existing, SearchThenCreateSink
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
@@ -90,7 +89,6 @@ _BLOCK_START = re.compile(r"^(\s*)([#>+=-])")
 _ORDERED_START = re.compile(r"^(\s*\d+)([.)])")
 _INLINE_MAX = 500
 _MESSAGE_MAX = 600
-_MEMO_MAX = 4096
 _NO_SEARCH_FOR = 600.0
 _SEARCH_PATH = "/api/v2/incidents/search"
 _VALIDATE_PATH = "/api/v2/validate_keys"
@@ -235,22 +233,21 @@ def _errors(resp: httpx.Response) -> str:
     return ""
 
 
-class DatadogSink(PerAlertSink[DatadogSettings]):
+class DatadogSink(SearchThenCreateSink[DatadogSettings]):
     """Creates one Datadog incident per alert; see the module docstring for idempotency."""
 
     type_name = "datadog"
     settings_model = DatadogSettings
+    vendor = "Datadog"
+    _log = log
 
     def __init__(self, ctx: SinkContext) -> None:
-        self._client = build_client(overrides=ctx.overrides, guard=ctx.guard)
-        self._created: RecentlyCreated[tuple[str, str]] = RecentlyCreated(_MEMO_MAX)
+        super().__init__(ctx)
         self._no_search_until: dict[str, float] = {}
-        self._locks = KeyedLocks()
 
     # -- plumbing ------------------------------------------------------------------------
 
-    @staticmethod
-    def _headers(settings: DatadogSettings) -> dict[str, str]:
+    def _headers(self, settings: DatadogSettings) -> dict[str, str]:
         return {
             "DD-API-KEY": settings.api_key.get_secret_value(),
             "DD-APPLICATION-KEY": settings.application_key.get_secret_value(),
@@ -269,48 +266,21 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
         )
         return hashlib.sha256(raw.encode()).hexdigest()
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        settings: DatadogSettings,
-        redact: Redactor,
-        *,
-        params: dict[str, str] | None = None,
-        body: Any = None,
-    ) -> httpx.Response:
-        return await send_json(
-            self._client,
-            method,
-            settings.api_base + path,
-            headers=self._headers(settings),
-            redact=redact,
-            what=f"Datadog api.{settings.site}",
-            params=params,
-            body=body,
-        )
+    def _base_url(self, settings: DatadogSettings) -> str:
+        return settings.api_base
 
-    @staticmethod
+    def _what(self, settings: DatadogSettings) -> str:
+        return f"Datadog api.{settings.site}"
+
     def _fail(
-        resp: httpx.Response, settings: DatadogSettings, redact: Redactor, action: str
+        self, resp: httpx.Response, settings: DatadogSettings, redact: Redactor, action: str
     ) -> DeliveryError:
         """The actionable error for a non-2xx answer to `action`."""
         status = resp.status_code
         site = settings.site
-        try:
-            classify_response(resp, redact=redact, what=f"Datadog api.{site}")
-        except RetryableError as exc:
-            wait = f" (retry after {exc.retry_after:.0f} s)" if exc.retry_after is not None else ""
-            kind = "rate limit" if status == 429 else "temporarily unavailable"
-            return RetryableError(
-                redact(f"{status} from Datadog ({kind}) trying to {action}{wait}: {exc.message}"),
-                status=status,
-                retry_after=exc.retry_after,
-            )
-        except PermanentError as exc:
-            generic = exc.message
-        else:
-            generic = f"Datadog api.{site} answered {status}"
+        generic = self._classify(resp, settings, redact, action)
+        if isinstance(generic, RetryableError):
+            return generic
         detail = _errors(resp)
         said = f" (Datadog said: {detail})" if detail else ""
         if status == 400:
@@ -337,14 +307,17 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def _search(
+    def _dedup(self, delivery: Delivery, settings: DatadogSettings) -> tuple[str, str]:
+        return settings.api_base, dedup_marker(delivery.idempotency_key)
+
+    async def _find(
         self, settings: DatadogSettings, marker: str, redact: Redactor
-    ) -> tuple[dict[str, Any] | None, int | None]:
-        """(incident whose title carries `marker`, HTTP status); (None, None) when the
-        search is unusable for this account, so delivery goes on without it."""
+    ) -> Existing | None:
+        """The incident whose title carries `marker`; None also when the search is
+        unusable for this account, so delivery goes on without it."""
         account = self._account(settings)
         if self._no_search_until.get(account, 0.0) > time.monotonic():
-            return None, None
+            return None
         resp = await self._call(
             "GET", _SEARCH_PATH, settings, redact, params={"query": marker, "page[size]": "100"}
         )
@@ -358,7 +331,7 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
                 _NO_SEARCH_FOR,
                 reason,
             )
-            return None, None
+            return None
         if resp.status_code != 200:
             raise self._fail(resp, settings, redact, "search for an existing incident")
         body = response_json(resp)
@@ -372,41 +345,21 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
             attrs = incident.get("attributes")
             title = attrs.get("title") if isinstance(attrs, dict) else None
             if isinstance(title, str) and f"[{marker}]" in title:
-                return incident, resp.status_code
-        return None, resp.status_code
+                ident = incident.get("id")
+                return Existing(str(ident), resp.status_code, f"Datadog incident {ident}")
+        return None
 
-    def _remember(self, settings: DatadogSettings, marker: str, incident_id: str) -> None:
-        self._created.remember((settings.api_base, marker), incident_id)
-
-    async def send(self, delivery: Delivery, settings: DatadogSettings) -> int | None:
-        """Create the alert's incident unless the search finds it.
-
-        Returns 201 when created, 200 when the search found it, None when this process
-        created it moments ago (no request made).
-        """
-        redact = self.redactor(settings)
-        marker = dedup_marker(delivery.idempotency_key)
-        async with self._locks.hold(f"{settings.api_base}\x00{marker}"):
-            if (settings.api_base, marker) in self._created:
-                return None
-            found, status = await self._search(settings, marker, redact)
-            if found is not None and status is not None:
-                log.info(
-                    "alert %s: Datadog incident %s already exists, not creating another",
-                    delivery.alert.alert_id,
-                    found.get("id"),
-                )
-                self._remember(settings, marker, str(found.get("id")))
-                return status
-            resp = await self._call(
-                "POST", INCIDENTS_PATH, settings, redact, body=build_incident(delivery)
-            )
-            if resp.status_code not in (200, 201):
-                raise self._fail(resp, settings, redact, "create the incident")
-            created = response_json(resp)
-            data = created.get("data") if isinstance(created, dict) else None
-            self._remember(settings, marker, str(data.get("id") if isinstance(data, dict) else "?"))
-            return resp.status_code
+    async def _create(
+        self, delivery: Delivery, settings: DatadogSettings, redact: Redactor
+    ) -> tuple[str, int]:
+        resp = await self._call(
+            "POST", INCIDENTS_PATH, settings, redact, body=build_incident(delivery)
+        )
+        if resp.status_code not in (200, 201):
+            raise self._fail(resp, settings, redact, "create the incident")
+        created = response_json(resp)
+        data = created.get("data") if isinstance(created, dict) else None
+        return str(data.get("id") if isinstance(data, dict) else "?"), resp.status_code
 
     # -- Test connection -----------------------------------------------------------------
 
@@ -443,6 +396,3 @@ class DatadogSink(PerAlertSink[DatadogSettings]):
             f"API and application keys valid on {settings.site}; {dedup}; incident_write is "
             "proven by the first alert (Test creates no incident)"
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

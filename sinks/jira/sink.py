@@ -38,19 +38,15 @@ import logging
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import httpx
 
 from schemas.models import Alert, Delivery, EventType, IntegrationConfig, RiskLevel
-from sinks.base import PerAlertSink
 from sinks.errors import DeliveryError, PermanentError, RetryableError
-from sinks.http import Redactor, build_client, classify_response, response_json, send_json
+from sinks.http import Redactor, response_json
 from sinks.jira.config import JiraSettings
-from sinks.keyed import KeyedLocks, RecentlyCreated
-
-if TYPE_CHECKING:
-    from sinks.registry import SinkContext
+from sinks.search_then_create import Existing, SearchThenCreateSink
 
 __all__ = [
     "DESCRIPTION_MAX",
@@ -96,7 +92,6 @@ _EVENT_NAMES: Final[Mapping[EventType, str]] = MappingProxyType(
 _SAFE_LINK = re.compile(r"https?://[^\s\[\]|{}<>\"'\\^`]{1,2000}")
 _NOT_ON_SCREEN = re.compile(r"(?i)cannot be set|appropriate screen|unknown")
 _MESSAGE_MAX = 600
-_MEMO_MAX = 4096
 _ISSUE_PATH = "/rest/api/2/issue"
 
 
@@ -205,16 +200,13 @@ def _jira_errors(resp: httpx.Response) -> tuple[list[str], dict[str, str]]:
     return messages, errors
 
 
-class JiraSink(PerAlertSink[JiraSettings]):
+class JiraSink(SearchThenCreateSink[JiraSettings]):
     """Creates one Jira issue per alert; see the module docstring for idempotency."""
 
     type_name = "jira"
     settings_model = JiraSettings
-
-    def __init__(self, ctx: SinkContext) -> None:
-        self._client = build_client(overrides=ctx.overrides, guard=ctx.guard)
-        self._created: RecentlyCreated[tuple[str, str]] = RecentlyCreated(_MEMO_MAX)
-        self._locks = KeyedLocks()
+    vendor = "Jira"
+    _log = log
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -232,47 +224,20 @@ class JiraSink(PerAlertSink[JiraSettings]):
             "Accept": "application/json",
         }
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        settings: JiraSettings,
-        redact: Redactor,
-        *,
-        params: dict[str, str] | None = None,
-        body: Any = None,
-    ) -> httpx.Response:
-        return await send_json(
-            self._client,
-            method,
-            settings.base_url + path,
-            headers=self._headers(settings),
-            redact=redact,
-            what=f"Jira {settings.site}",
-            params=params,
-            body=body,
-        )
+    def _base_url(self, settings: JiraSettings) -> str:
+        return settings.base_url
+
+    def _what(self, settings: JiraSettings) -> str:
+        return f"Jira {settings.site}"
 
     def _fail(
         self, resp: httpx.Response, settings: JiraSettings, redact: Redactor, action: str
     ) -> DeliveryError:
         """The actionable error for a non-2xx answer to `action` (e.g. "create the issue")."""
         status = resp.status_code
-        where = f"Jira {settings.site}"
-        try:
-            classify_response(resp, redact=redact, what=where)
-        except RetryableError as exc:
-            wait = f" (retry after {exc.retry_after:.0f} s)" if exc.retry_after is not None else ""
-            kind = "rate limit" if status == 429 else "temporarily unavailable"
-            return RetryableError(
-                redact(f"{status} from Jira ({kind}) trying to {action}{wait}: {exc.message}"),
-                status=status,
-                retry_after=exc.retry_after,
-            )
-        except PermanentError as exc:
-            generic = exc.message
-        else:
-            generic = f"{where} answered {status}"
+        generic = self._classify(resp, settings, redact, action)
+        if isinstance(generic, RetryableError):
+            return generic
         messages, errors = _jira_errors(resp)
         who, project = settings.reporter_email, settings.project_id
         if status == 401:
@@ -359,10 +324,12 @@ class JiraSink(PerAlertSink[JiraSettings]):
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def _existing(
-        self, settings: JiraSettings, label: str, redact: Redactor
-    ) -> tuple[dict[str, Any] | None, int]:
-        """The issue already carrying `label`, if Jira's search finds one."""
+    def _dedup(self, delivery: Delivery, settings: JiraSettings) -> tuple[str, str]:
+        return settings.site, idempotency_label(delivery.idempotency_key)
+
+    async def _find(self, settings: JiraSettings, label: str, redact: Redactor) -> Existing | None:
+        """The issue already carrying `label`, if Jira's search finds one (its status is
+        logged)."""
         resp = await self._call(
             "GET",
             "/rest/api/2/search/jql",
@@ -380,52 +347,32 @@ class JiraSink(PerAlertSink[JiraSettings]):
         issues = body.get("issues") if isinstance(body, dict) else None
         if not isinstance(issues, list):
             raise RetryableError(f"Jira {settings.site} answered the search without issues")
-        first = issues[0] if issues else None
-        return (first if isinstance(first, dict) else None), resp.status_code
+        found = issues[0] if issues else None
+        if not isinstance(found, dict):
+            return None
+        key = str(found.get("key") or found.get("id") or "?")
+        fields = found.get("fields")
+        state = fields.get("status") if isinstance(fields, dict) else None
+        name = state.get("name") if isinstance(state, dict) else None
+        return Existing(key, resp.status_code, f"Jira issue {key} (status {name or 'unknown'})")
 
-    def _remember(self, settings: JiraSettings, label: str, issue_key: str) -> None:
-        self._created.remember((settings.site, label), issue_key)
-
-    async def send(self, delivery: Delivery, settings: JiraSettings) -> int | None:
-        """Create the alert's issue unless one with its label exists.
-
-        Returns 201 when created, 200 when the search found the issue (its status is
-        logged), None when this process created it moments ago (no request made).
-        """
-        redact = self._redactor(settings)
-        label = idempotency_label(delivery.idempotency_key)
-        async with self._locks.hold(f"{settings.site}\x00{label}"):
-            if (settings.site, label) in self._created:
-                return None
-            found, status = await self._existing(settings, label, redact)
-            if found is not None:
-                key = str(found.get("key") or found.get("id") or "?")
-                fields = found.get("fields")
-                state = fields.get("status") if isinstance(fields, dict) else None
-                name = state.get("name") if isinstance(state, dict) else None
-                log.info(
-                    "alert %s: Jira issue %s (status %s) already exists, not creating another",
-                    delivery.alert.alert_id,
-                    key,
-                    name or "unknown",
+    async def _create(
+        self, delivery: Delivery, settings: JiraSettings, redact: Redactor
+    ) -> tuple[str, int]:
+        resp = await self._call(
+            "POST", _ISSUE_PATH, settings, redact, body=build_issue(delivery, settings)
+        )
+        if resp.status_code != 201:
+            if 200 <= resp.status_code < 300:
+                raise PermanentError(
+                    f"Jira {settings.site} answered {resp.status_code} instead of 201 "
+                    "to the create: is the URL a Jira Cloud site?",
+                    status=resp.status_code,
                 )
-                self._remember(settings, label, key)
-                return status
-            resp = await self._call(
-                "POST", _ISSUE_PATH, settings, redact, body=build_issue(delivery, settings)
-            )
-            if resp.status_code != 201:
-                if 200 <= resp.status_code < 300:
-                    raise PermanentError(
-                        f"Jira {settings.site} answered {resp.status_code} instead of 201 "
-                        "to the create: is the URL a Jira Cloud site?",
-                        status=resp.status_code,
-                    )
-                raise self._fail(resp, settings, redact, "create the issue")
-            created = response_json(resp)
-            new_key = created.get("key") if isinstance(created, dict) else None
-            self._remember(settings, label, str(new_key or "?"))
-            return resp.status_code
+            raise self._fail(resp, settings, redact, "create the issue")
+        created = response_json(resp)
+        new_key = created.get("key") if isinstance(created, dict) else None
+        return str(new_key or "?"), resp.status_code
 
     # -- Test connection -----------------------------------------------------------------
 
@@ -543,6 +490,3 @@ class JiraSink(PerAlertSink[JiraSettings]):
             f"authenticated as {who}; project {project} accepts {chosen.get('name')} issues "
             f"with Labels{extra} (nothing was created)"
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
