@@ -58,7 +58,7 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     batch_limits: BatchLimits = field(default_factory=BatchLimits)
     take_max: int = 500
-    take_within: float = 0.02
+    take_within: float = 0.005
     per_integration_concurrency: int = 4
     per_integration_backlog: int = 200
     max_in_flight: int = 2000
