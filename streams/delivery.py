@@ -25,7 +25,7 @@ from sinks.secretbox import SecretBox, SecretBoxError
 from streams import metrics
 from streams.breaker import Breakers
 
-__all__ = ["BatchRunner", "DeliveryRunner", "Park", "Reporter", "dead_letter_for"]
+__all__ = ["BatchRunner", "DeliveryRunner", "Flight", "Park", "Reporter", "dead_letter_for"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,32 @@ def _as_delivery_error(exc: Exception, redact: Redactor) -> DeliveryError:
     return RetryableError(redact(f"unexpected {type(exc).__name__}: {exc}"))
 
 
+class Flight:
+    """Whether one delivery may be called off right now (its partition was revoked).
+
+    `waiting` is True only while the delivery waits for its turn at the per-integration
+    limit or for an in-place retry, and before its task first runs: cancelling its task
+    then sends nothing and reports nothing (a task cancelled before it starts runs none
+    of its code). From the moment it has its turn until its attempt is reported it is
+    busy: a request on the wire is left to finish, as cancelling it would only leave its
+    outcome unknown (a duplicate either way).
+    """
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = True
+
+
+async def _turn(gate: asyncio.Semaphore, flight: Flight) -> None:
+    """Acquire `gate`; the caller releases it. The wait is the cancellable part."""
+    flight.waiting = True
+    try:
+        await gate.acquire()
+    finally:
+        flight.waiting = False
+
+
 @dataclass
 class _Prepared:
     settings: BaseModel
@@ -126,6 +152,7 @@ async def _with_retry(
     attempt_fn: Callable[[int], Awaitable[int | None]],
     on_attempt: Callable[[int, float, int | None, DeliveryError | None, bool], Awaitable[None]],
     redact: Redactor,
+    flight: Flight | None = None,
 ) -> tuple[DeliveryError | None, int]:
     """Attempt until success or the policy gives up: (final error or None, attempts made)."""
     attempt = 0
@@ -142,7 +169,14 @@ async def _with_retry(
             )
             if delay is None:
                 return error, attempt
-            await asyncio.sleep(delay)
+            if flight is None:
+                await asyncio.sleep(delay)
+                continue
+            flight.waiting = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                flight.waiting = False
         else:
             await on_attempt(attempt, time.monotonic() - started, status, None, True)
             return None, attempt
@@ -187,7 +221,11 @@ class DeliveryRunner:
     async def deliver_many(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         return list(await asyncio.gather(*(self.deliver(d) for d in deliveries)))
 
-    async def deliver(self, delivery: Delivery) -> Outcome:
+    async def deliver(self, delivery: Delivery, flight: Flight | None = None) -> Outcome:
+        """Deliver (or park, or dead-letter) one alert. With `flight`, the caller may cancel
+        the call while `flight.waiting`: nothing was sent or reported for that attempt."""
+        flight = flight if flight is not None else Flight()
+        flight.waiting = False
         kind = delivery.integration.type
         try:
             prepared = self._settings.get(delivery)
@@ -201,11 +239,16 @@ class DeliveryRunner:
             return Outcome.DEAD_LETTERED
         sink, settings = self.sink, prepared.settings
         if self.park is not None:
-            return await self._attempt_once(delivery, prepared, self.park)
+            return await self._attempt_once(delivery, prepared, self.park, flight)
+
+        gate = self._gate(delivery.integration.key)
 
         async def attempt(_n: int) -> int | None:
-            async with self._gate(delivery.integration.key):
+            await _turn(gate, flight)
+            try:
                 return await sink.send(delivery, settings)
+            finally:
+                gate.release()
 
         async def on_attempt(
             n: int, latency: float, status: int | None, err: DeliveryError | None, final: bool
@@ -224,35 +267,47 @@ class DeliveryRunner:
                 _status(delivery, n, outcome, latency, status, err.message if err else None)
             )
 
-        error, attempts = await _with_retry(self.policy, attempt, on_attempt, prepared.redact)
+        error, attempts = await _with_retry(
+            self.policy, attempt, on_attempt, prepared.redact, flight
+        )
         if error is None:
             return Outcome.DELIVERED
         await self._dead(delivery, error.message, attempts)
         return Outcome.DEAD_LETTERED
 
-    async def _attempt_once(self, delivery: Delivery, prepared: _Prepared, park: Park) -> Outcome:
+    async def _attempt_once(
+        self, delivery: Delivery, prepared: _Prepared, park: Park, flight: Flight
+    ) -> Outcome:
         kind, key = delivery.integration.type, delivery.integration.key
         attempt = delivery.attempt + 1
         started = time.monotonic()
-        wait = self.breakers.admit(key)
         error: DeliveryError | None = None
         status: int | None = None
-        if wait is not None:
-            # Open circuit: no call to the destination; it still counts as an attempt so
-            # that an alert for a destination that never recovers ends in the DLQ.
-            error = RetryableError(f"circuit open after repeated failures (retry in {wait:.0f} s)")
-            error.retry_after = wait
-            state = self.breakers.get(key).state
-        else:
-            try:
-                async with self._gate(key):
-                    status = await self.sink.send(delivery, prepared.settings)
-            except Exception as exc:  # a sink must never lose an alert
-                error = _as_delivery_error(exc, prepared.redact)
-                status = error.status
-                state = self.breakers.failure(key, error.retryable)
+        gate = self._gate(key)
+        await _turn(gate, flight)
+        try:
+            # The breaker is asked only once this delivery has its turn: a probe admitted
+            # and then cancelled while waiting would leave the circuit half open for good.
+            wait = self.breakers.admit(key)
+            if wait is not None:
+                # Open circuit: no call to the destination; it still counts as an attempt
+                # so that an alert for a destination that never recovers ends in the DLQ.
+                error = RetryableError(
+                    f"circuit open after repeated failures (retry in {wait:.0f} s)"
+                )
+                error.retry_after = wait
+                state = self.breakers.get(key).state
             else:
-                state = self.breakers.success(key)
+                try:
+                    status = await self.sink.send(delivery, prepared.settings)
+                except Exception as exc:  # a sink must never lose an alert
+                    error = _as_delivery_error(exc, prepared.redact)
+                    status = error.status
+                    state = self.breakers.failure(key, error.retryable)
+                else:
+                    state = self.breakers.success(key)
+        finally:
+            gate.release()
         latency = time.monotonic() - started
         metrics.CIRCUITS_OPEN.labels(kind).set(self.breakers.open_count())
         if error is None:

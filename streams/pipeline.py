@@ -16,7 +16,7 @@ from streams.agents.config import make_config_agents
 from streams.agents.health import make_health_agent
 from streams.agents.retry import make_parker, make_retry_agent
 from streams.agents.router import make_router
-from streams.agents.sinks import BatchingAgent, make_per_alert_agent
+from streams.agents.sinks import BatchingAgent, PerAlertAgent
 from streams.api.integrations import IntegrationService
 from streams.api.views import register_api, register_views
 from streams.app import create_app
@@ -60,14 +60,17 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     for tier, topic in topics.retry.items():
         app.agent(topic, name=f"retry-{tier}s")(make_retry_agent(topics, tier))
 
-    batching: list[BatchingAgent] = []
+    # Sink agents that hold work of their partitions between events (buffers, deliveries
+    # in flight): told when partitions are revoked, so that they drop it for the new owner.
+    holders: list[PerAlertAgent | BatchingAgent] = []
     for kind, sink in sinks.items():
         if isinstance(sink, PerAlertSink):
-            agent = make_per_alert_agent(sink, settings, reporter, box, park)
-            app.agent(topics.delivery[kind], name=f"sink-{kind}")(agent)
+            per_alert = PerAlertAgent(sink, settings, reporter, box, park)
+            holders.append(per_alert)
+            app.agent(topics.delivery[kind], name=f"sink-{kind}")(per_alert.agent)
         elif isinstance(sink, BatchingSink):
             holder = BatchingAgent(sink, settings, reporter, box)
-            batching.append(holder)
+            holders.append(holder)
             app.agent(topics.delivery[kind], name=f"sink-{kind}")(holder.agent)
             app.timer(min(1.0, max(0.05, sink.limits.max_age / 4)), name=f"flush-{kind}")(
                 holder.tick
@@ -75,8 +78,11 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
 
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def _revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
-        for holder in batching:
-            holder.on_revoked(revoked)
+        for holder in holders:
+            try:
+                holder.on_revoked(revoked)
+            except Exception:  # faust would crash the worker on an exception here
+                log.exception("%s: handling revoked partitions failed", holder.sink.type_name)
 
     register_views(app, table)
     register_api(app, table, IntegrationService(table, topics, box, sinks, health), partitions)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from faust.types import TP, EventT, StreamT
@@ -26,10 +27,17 @@ from streams import metrics
 from streams.acks import OrderedAcks
 from streams.batcher import Batcher, Pending
 from streams.breaker import Breakers
-from streams.delivery import BatchRunner, DeliveryRunner, Park, Reporter, dead_letter_for
+from streams.delivery import (
+    BatchRunner,
+    DeliveryRunner,
+    Flight,
+    Park,
+    Reporter,
+    dead_letter_for,
+)
 from streams.settings import Settings
 
-__all__ = ["BatchingAgent", "make_per_alert_agent"]
+__all__ = ["BatchingAgent", "PerAlertAgent"]
 
 log = logging.getLogger(__name__)
 
@@ -57,75 +65,147 @@ async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | Non
     return None
 
 
-def make_per_alert_agent(
-    sink: PerAlertSink[Any],
-    settings: Settings,
-    reporter: Reporter,
-    box: SecretBox,
-    park: Park | None = None,
-) -> Any:
-    runner = DeliveryRunner(
-        sink,
-        settings.retry,
-        reporter,
-        box,
-        settings.per_integration_concurrency,
-        park=park,
-        breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown),
-    )
-    kind = sink.type_name
+def _stale(event: EventT) -> bool:
+    """Read before a rebalance that is under way or has happened since.
 
-    async def deliver_one(delivery: Delivery) -> None:
+    faust's own test (`Stream.__anext__`), for events it had already handed over: those
+    waiting in the take buffer or in the batch being worked through. Their partition was
+    revoked (a rebalance revokes every partition, even those assigned again), its
+    pending acks forgotten, and its owner reads them again from the last commit.
+    """
+    app = event.app
+    return (
+        not app.flow_control.is_active()
+        or event.message.generation_id != app.consumer_generation_id
+    )
+
+
+@dataclass(eq=False)
+class _Job:
+    """One delivery running as a task, and what its end gives back."""
+
+    tp: TP
+    slot: Any
+    key: str
+    flight: Flight
+    revoked: bool = False
+
+
+class PerAlertAgent:
+    """Delivers each record of a per-alert type's delivery topic as its own task.
+
+    Each event is acked when its own delivery ends: faust commits only up to the oldest
+    un-acked offset, so nothing in flight is committed past, and a slow destination holds
+    no other integration's alerts. Fairness: one integration may have
+    `per_integration_backlog` deliveries in flight or waiting; beyond that (with parking)
+    its deliveries are parked for a second instead.
+
+    On revocation of its partitions (`on_revoked`), their pending acks are forgotten and
+    the deliveries that have not started their request yet are cancelled: the new owner
+    reads them again from the last commit. A request already on the wire finishes and
+    reports; only its ack is dropped.
+    """
+
+    def __init__(
+        self,
+        sink: PerAlertSink[Any],
+        settings: Settings,
+        reporter: Reporter,
+        box: SecretBox,
+        park: Park | None = None,
+    ) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.reporter = reporter
+        self.park = park
+        self.runner = DeliveryRunner(
+            sink,
+            settings.retry,
+            reporter,
+            box,
+            settings.per_integration_concurrency,
+            park=park,
+            breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown),
+        )
+        self.topic_name = settings.delivery_topic(sink.type_name)
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._backlog: Counter[str] = Counter()
+        self._jobs: dict[asyncio.Task[None], _Job] = {}
+        self._acks = OrderedAcks()
+
+    async def agent(self, stream: StreamT[Any]) -> None:
+        settings, park, kind = self.settings, self.park, self.sink.type_name
+        async for events in stream.noack_take(settings.take_max, within=settings.take_within):
+            for event in events:
+                if _stale(event):
+                    continue  # not tracked: its partition's owner reads it again
+                slot = self._acks.track(event)
+                delivery = await _parse(event, self.reporter, kind)
+                if delivery is None:
+                    self._acks.done(slot)
+                    continue
+                key = delivery.integration.key
+                if park is not None and self._backlog[key] >= settings.per_integration_backlog:
+                    metrics.DEFERRED.labels(kind).inc()
+                    await park(delivery.model_copy(update={"not_before": time.time() + 1}), 1.0)
+                    self._acks.done(slot)
+                    continue
+                await self._slots.acquire()  # backpressure: stop taking when too much is in flight
+                if _stale(event):  # revoked while it waited: its ack was forgotten
+                    self._slots.release()
+                    continue
+                self._backlog[key] += 1
+                flight = Flight()
+                task = asyncio.create_task(self._deliver(delivery, flight))
+                self._jobs[task] = _Job(event.message.tp, slot, key, flight)
+                task.add_done_callback(self._finished)
+
+    async def _deliver(self, delivery: Delivery, flight: Flight) -> None:
         try:
-            await runner.deliver(delivery)
+            await self.runner.deliver(delivery, flight)
         except Exception as exc:  # a bug must still end the alert somewhere visible
             log.exception("internal error delivering %s", delivery.alert.alert_id)
-            await reporter.dead_letter(
+            await self.reporter.dead_letter(
                 dead_letter_for(delivery, f"internal error: {type(exc).__name__}", 0)
             )
 
-    # Deliveries run as tasks and each event is acked when its own delivery ends: faust
-    # commits only up to the oldest un-acked offset, so nothing in flight is committed
-    # past, and a slow destination holds no other integration's alerts. Fairness: one
-    # integration may have `per_integration_backlog` deliveries in flight or waiting;
-    # beyond that (with parking) its deliveries are parked for a second instead.
-    slots = asyncio.Semaphore(settings.max_in_flight)
-    backlog: Counter[str] = Counter()
-    tasks: set[asyncio.Task[None]] = set()
-    acks = OrderedAcks()
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # A done callback, not a `finally` in the task: a task cancelled before it first
+        # ran never enters its body, and its slot and backlog must come back all the same.
+        job = self._jobs.pop(task)
+        self._backlog[job.key] -= 1
+        if self._backlog[job.key] <= 0:
+            del self._backlog[job.key]
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:  # BaseException only
+            log.error("delivery task of %s ended with %r", job.key, task.exception())
+        if not job.revoked:
+            self._acks.done(job.slot)
 
-    async def run(slot: Any, delivery: Delivery) -> None:
-        key = delivery.integration.key
-        try:
-            await deliver_one(delivery)
-        finally:
-            backlog[key] -= 1
-            if backlog[key] <= 0:
-                del backlog[key]
-            slots.release()
-            acks.done(slot)
-
-    async def agent(stream: StreamT[Any]) -> None:
-        async for events in stream.noack_take(settings.take_max, within=settings.take_within):
-            for event in events:
-                slot = acks.track(event)
-                delivery = await _parse(event, reporter, kind)
-                if delivery is None:
-                    acks.done(slot)
-                    continue
-                key = delivery.integration.key
-                if park is not None and backlog[key] >= settings.per_integration_backlog:
-                    metrics.DEFERRED.labels(kind).inc()
-                    await park(delivery.model_copy(update={"not_before": time.time() + 1}), 1.0)
-                    acks.done(slot)
-                    continue
-                await slots.acquire()  # backpressure: stop taking when too much is in flight
-                backlog[key] += 1
-                task = asyncio.create_task(run(slot, delivery))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-    return agent
+    def on_revoked(self, revoked: Iterable[TP]) -> None:
+        mine = {tp for tp in revoked if tp.topic == self.topic_name}
+        if not mine:
+            return
+        self._acks.forget(mine)
+        cancelled = finishing = 0
+        for task, job in list(self._jobs.items()):
+            if job.tp not in mine or job.revoked:
+                continue
+            job.revoked = True
+            if job.flight.waiting:
+                task.cancel()
+                cancelled += 1
+            else:
+                finishing += 1
+        if cancelled or finishing:
+            log.info(
+                "%s: revoked %d partitions; cancelled %d deliveries not yet sent, "
+                "%d on the wire finish without an ack",
+                self.sink.type_name,
+                len(mine),
+                cancelled,
+                finishing,
+            )
 
 
 class BatchingAgent:
