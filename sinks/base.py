@@ -13,14 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, SecretStr
 
-from schemas.models import Delivery, IntegrationConfig
+from schemas.models import Alert, Delivery, IntegrationConfig
 from sinks.http import Redactor
 
 __all__ = [
     "Batch",
     "BatchLimits",
+    "BatchRecord",
     "BatchingSink",
     "PerAlertSink",
     "Sink",
@@ -98,6 +100,63 @@ class BatchLimits:
     max_age: float = 30.0
 
 
+_DAYS: dict[dt.date, dt.date] = {}
+
+
+def _shared_day(day: dt.date) -> dt.date:
+    """One date object per day for all buffered records (a date is 32 bytes)."""
+    if len(_DAYS) > 1000:
+        _DAYS.clear()
+    return _DAYS.setdefault(day, day)
+
+
+def _delivery_day(delivery: Delivery) -> dt.date:
+    """The UTC date a record is filed under: its alert's Kafka timestamp, else (records
+    routed before timestamps were carried) the alert's own detection time."""
+    stamp = delivery.produced_at
+    if stamp is None:
+        return delivery.alert.detected_at.astimezone(dt.UTC).date()
+    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).date()
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """One alert of a batch, reduced to what writing and reporting it need.
+
+    `line` is the alert as batch objects store it: its JSON line (`Alert.wire()` through
+    orjson, no newline), made once when the record is buffered. The integration's config,
+    the source topic and partition are the same for every record of a batch and are
+    held once, by the `Batch`; `alert()` parses the line back for the rare paths that
+    want the model (dead letters, Splunk's envelope fields).
+    """
+
+    line: bytes
+    alert_id: str
+    idempotency_key: str
+    source_offset: int
+    day: dt.date
+    produced_at: float | None = None
+    redrive: bool = False
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> BatchRecord:
+        # A copy of exactly its length: orjson's own result keeps its growth buffer
+        # (about 4 KB for a 1 KB line) allocated for as long as it lives.
+        line = memoryview(orjson.dumps(delivery.alert.wire())).tobytes()
+        return cls(
+            line=line,
+            alert_id=delivery.alert.alert_id,
+            idempotency_key=delivery.idempotency_key,
+            source_offset=delivery.source_offset,
+            day=_shared_day(_delivery_day(delivery)),
+            produced_at=delivery.produced_at,
+            redrive=delivery.redrive,
+        )
+
+    def alert(self) -> Alert:
+        return Alert.model_validate_json(self.line)
+
+
 @dataclass
 class Batch:
     """Alerts of one integration that came from one partition of the alerts topic.
@@ -105,17 +164,22 @@ class Batch:
     `topic`, `partition`, `first_offset` and `last_offset` locate the alerts in the
     source topic, not in the delivery topic: they stay the same on a re-delivery and on
     a replay, so they can name the object deterministically. `day` is the UTC date of
-    the first alert's Kafka timestamp, for the same reason.
+    the first alert's Kafka timestamp, for the same reason. `integration` is the newest
+    config snapshot among the records (`config_version`). `size_bytes` is the JSON
+    lines' size (what the count-and-bytes limits measure); `memory_bytes` the estimate
+    of what the records hold in memory (what the batching memory cap counts).
     """
 
     integration: IntegrationConfig
+    config_version: int
     topic: str
     partition: int
     first_offset: int
     last_offset: int
     day: dt.date
-    records: list[Delivery]
+    records: list[BatchRecord]
     size_bytes: int
+    memory_bytes: int = 0
 
 
 class BatchingSink(Sink[S]):

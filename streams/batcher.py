@@ -4,22 +4,37 @@ An event's offset may only be committed once its alert is in the destination (or
 DLQ), so the buffer keeps the faust events and acks them after the flush. Buffers are
 keyed by integration and source partition: a batch then names its object by where its
 alerts came from, which a re-delivery or replay reproduces.
+
+A buffered record is a `BatchRecord` (the alert's JSON line and a few fields), not the
+parsed `Delivery`: the integration's config is held once per buffer. What a record costs
+in memory is estimated by `record_memory` (its line plus a measured overhead), and
+`Batcher.memory` is what the agent's memory cap counts.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import Delivery
-from sinks.base import Batch, BatchLimits
+from schemas.models import Delivery, IntegrationConfig
+from sinks.base import Batch, BatchLimits, BatchRecord
 
-__all__ = ["Batcher", "Pending"]
+__all__ = ["RECORD_OVERHEAD", "Batcher", "Pending", "record_memory", "release_payload"]
 
 BufferKey = tuple[str, int, str, int]  # integration key, delivery partition, source topic, part
+
+RECORD_OVERHEAD = 1000
+"""Bytes one buffered record holds besides its JSON line: the `BatchRecord` and its
+strings, its place in the buffer's lists and offset set, and the faust event kept to ack
+it (with the delivery record's bytes already released). Measured with tracemalloc by
+tests/unit/test_batch_memory.py, which keeps this within a factor of 1.5 of reality."""
+
+
+def record_memory(record: BatchRecord) -> int:
+    """Estimated bytes a buffered record holds (what `batch_memory_cap` counts)."""
+    return len(record.line) + RECORD_OVERHEAD
 
 
 @dataclass
@@ -33,18 +48,14 @@ class Pending:
 
 @dataclass
 class _Buffer:
-    records: list[Delivery] = field(default_factory=list)
+    integration: IntegrationConfig  # the newest config snapshot of the buffered records
+    config_version: int
+    records: list[BatchRecord] = field(default_factory=list)
     offsets: set[int] = field(default_factory=set)
     acks: list[Any] = field(default_factory=list)
-    size: int = 0
+    size: int = 0  # JSON lines bytes, newlines included
+    memory: int = 0
     opened: float = field(default_factory=time.monotonic)
-
-
-def _day(delivery: Delivery) -> dt.date:
-    stamp = delivery.produced_at
-    if stamp is None:
-        return delivery.alert.detected_at.astimezone(dt.UTC).date()
-    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).date()
 
 
 class Batcher:
@@ -52,9 +63,15 @@ class Batcher:
         self.limits = limits
         self._buffers: dict[BufferKey, _Buffer] = {}
         self._cut: dict[BufferKey, int] = {}  # highest source offset already in a batch
+        self._memory = 0
 
     def __len__(self) -> int:
         return sum(len(b.records) for b in self._buffers.values())
+
+    @property
+    def memory(self) -> int:
+        """Estimated bytes held by the records buffered (not yet cut into a batch)."""
+        return self._memory
 
     @staticmethod
     def _key(delivery: Delivery, delivery_partition: int) -> BufferKey:
@@ -77,18 +94,25 @@ class Batcher:
             delivery.source_offset <= self._cut.get(key, -1)
         )
 
-    def add(
-        self, delivery: Delivery, ack: Any, delivery_partition: int, size: int
-    ) -> Pending | None:
-        """Buffer one record; returns a batch when this record fills its buffer."""
+    def add(self, delivery: Delivery, ack: Any, delivery_partition: int) -> Pending | None:
+        """Buffer one record; returns a batch when this record fills its buffer.
+
+        Only the slim `BatchRecord` of `delivery` is kept (and its config, when it is
+        newer than the buffer's): the caller may drop the delivery afterwards."""
         key = self._key(delivery, delivery_partition)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = _Buffer()
-        buf.records.append(delivery)
-        buf.offsets.add(delivery.source_offset)
+            buf = self._buffers[key] = _Buffer(delivery.integration, delivery.config_version)
+        elif delivery.config_version > buf.config_version:
+            buf.integration, buf.config_version = delivery.integration, delivery.config_version
+        record = BatchRecord.of(delivery)
+        memory = record_memory(record)
+        buf.records.append(record)
+        buf.offsets.add(record.source_offset)
         buf.acks.append(ack)
-        buf.size += size
+        buf.size += len(record.line) + 1
+        buf.memory += memory
+        self._memory += memory
         if len(buf.records) >= self.limits.max_events or buf.size >= self.limits.max_bytes:
             return self._take(key)
         return None
@@ -107,24 +131,38 @@ class Batcher:
         gone = set(delivery_partitions)
         keys = [k for k in self._buffers if k[1] in gone]
         for key in keys:
-            del self._buffers[key]
+            self._memory -= self._buffers.pop(key).memory
         for key in [k for k in self._cut if k[1] in gone]:
             del self._cut[key]
         return len(keys)
 
     def _take(self, key: BufferKey) -> Pending:
         buf = self._buffers.pop(key)
-        records = sorted(buf.records, key=lambda d: d.source_offset)
+        self._memory -= buf.memory
+        records = buf.records
+        records.sort(key=lambda r: r.source_offset)
         self._cut[key] = max(self._cut.get(key, -1), records[-1].source_offset)
         first = records[0]
         batch = Batch(
-            integration=max(records, key=lambda d: d.config_version).integration,
-            topic=first.source_topic,
-            partition=first.source_partition,
+            integration=buf.integration,
+            config_version=buf.config_version,
+            topic=key[2],
+            partition=key[3],
             first_offset=first.source_offset,
             last_offset=records[-1].source_offset,
-            day=_day(first),
+            day=first.day,
             records=records,
             size_bytes=buf.size,
+            memory_bytes=buf.memory,
         )
         return Pending(batch=batch, acks=buf.acks, delivery_partition=key[1])
+
+
+def release_payload(event: Any) -> None:
+    """Drop the delivery record's bytes from a faust event kept only to ack it later.
+
+    Once its `BatchRecord` is buffered, the event is an ack handle; left as it is, it
+    (and its message, which faust's consumer tracks until the ack) would keep the whole
+    wire record, alert and config, alive for as long as the batch waits."""
+    event.value = None
+    event.message.value = None

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from schemas.codec import format_errors
-from schemas.models import DeadLetter, Delivery, DeliveryStatus, Outcome
-from sinks.base import Batch, BatchingSink, PerAlertSink, Sink
+from schemas.models import DeadLetter, Delivery, DeliveryStatus, IntegrationConfig, Outcome
+from sinks.base import Batch, BatchingSink, BatchRecord, PerAlertSink, Sink
 from sinks.errors import DeliveryError, PermanentError, RetryableError
 from sinks.http import Redactor
 from sinks.retry import RetryPolicy
@@ -25,7 +25,15 @@ from sinks.secretbox import SecretBox, SecretBoxError
 from streams import metrics
 from streams.breaker import Breakers
 
-__all__ = ["BatchRunner", "DeliveryRunner", "Flight", "Park", "Reporter", "dead_letter_for"]
+__all__ = [
+    "BatchRunner",
+    "DeliveryRunner",
+    "Flight",
+    "Park",
+    "Reporter",
+    "dead_letter_for",
+    "dead_letter_for_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,53 @@ def _status(
         integration_id=delivery.integration.integration_id,
         integration_type=delivery.integration.type,
         idempotency_key=delivery.idempotency_key,
+        attempt=attempt,
+        outcome=outcome,
+        http_status=http_status,
+        latency_ms=round(latency * 1000, 3),
+        error=error,
+        at=time.time(),
+    )
+
+
+def dead_letter_for_record(
+    batch: Batch, record: BatchRecord, reason: str, attempts: int
+) -> DeadLetter:
+    """`dead_letter_for` of one alert of a batch: the same record, from the slim form."""
+    integration = batch.integration
+    return DeadLetter(
+        reason=reason,
+        stage="deliver",
+        source_topic=batch.topic,
+        source_partition=batch.partition,
+        source_offset=record.source_offset,
+        at=time.time(),
+        tenant_id=integration.tenant_id,
+        integration_id=integration.integration_id,
+        integration_type=integration.type,
+        alert_id=record.alert_id,
+        idempotency_key=record.idempotency_key,
+        attempts=attempts,
+        alert=record.alert(),
+    )
+
+
+def _record_status(
+    integration: IntegrationConfig,
+    record: BatchRecord,
+    attempt: int,
+    outcome: Outcome,
+    latency: float,
+    http_status: int | None = None,
+    error: str | None = None,
+) -> DeliveryStatus:
+    """`_status` of one alert of a batch (every record of a batch has its integration)."""
+    return DeliveryStatus(
+        alert_id=record.alert_id,
+        tenant_id=integration.tenant_id,
+        integration_id=integration.integration_id,
+        integration_type=integration.type,
+        idempotency_key=record.idempotency_key,
         attempt=attempt,
         outcome=outcome,
         http_status=http_status,
@@ -134,10 +189,13 @@ class _SettingsCache:
 
     def get(self, delivery: Delivery) -> _Prepared:
         """Raises ValidationError or SecretBoxError when the settings are unusable."""
-        key = (delivery.integration.key, delivery.config_version)
+        return self.prepare(delivery.integration, delivery.config_version)
+
+    def prepare(self, integration: IntegrationConfig, config_version: int) -> _Prepared:
+        """The same for a config snapshot and its version (a batch holds one)."""
+        key = (integration.key, config_version)
         prepared = self._cache.get(key)
         if prepared is None:
-            integration = delivery.integration
             opened = self._box.open_settings(integration.settings, integration.key)
             settings = self._sink.parse_settings(opened)
             prepared = _Prepared(settings, self._sink.redactor(settings))
@@ -358,11 +416,11 @@ class BatchRunner:
         self._settings = _SettingsCache(sink, box)
 
     async def write(self, batch: Batch) -> Outcome:
-        kind = batch.integration.type
-        head = max(batch.records, key=lambda d: d.config_version)  # newest config snapshot
+        integration = batch.integration  # the newest config snapshot of its records
+        kind = integration.type
         attempts = 0
         try:
-            prepared = self._settings.get(head)
+            prepared = self._settings.prepare(integration, batch.config_version)
         except (ValidationError, SecretBoxError) as exc:
             detail = format_errors(exc) if isinstance(exc, ValidationError) else str(exc)
             error: DeliveryError | None = PermanentError(f"unusable {kind} settings: {detail}")
@@ -382,21 +440,22 @@ class BatchRunner:
                 )
                 metrics.record_attempt(kind, outcome.value, latency, count=len(batch.records))
                 now = time.time()
-                for delivery in batch.records:
-                    if err is None and delivery.produced_at:
-                        metrics.END_TO_END.labels(kind).observe(
-                            max(0.0, now - delivery.produced_at)
-                        )
+                message = err.message if err else None
+                for record in batch.records:
+                    if err is None and record.produced_at:
+                        metrics.END_TO_END.labels(kind).observe(max(0.0, now - record.produced_at))
                     await self.reporter.status(
-                        _status(delivery, n, outcome, latency, status, err.message if err else None)
+                        _record_status(integration, record, n, outcome, latency, status, message)
                     )
 
             error, attempts = await _with_retry(self.policy, attempt, on_attempt, prepared.redact)
         if error is None:
             return Outcome.DELIVERED
-        for delivery in batch.records:
+        for record in batch.records:
             metrics.DLQ.labels(kind, "deliver").inc()
-            await self.reporter.dead_letter(dead_letter_for(delivery, error.message, attempts))
+            await self.reporter.dead_letter(
+                dead_letter_for_record(batch, record, error.message, attempts)
+            )
         log.warning(
             "dead-lettered a batch of %d for %s: %s",
             len(batch.records),

@@ -345,19 +345,25 @@ def delivery_of(
 
 
 def batch_of(records: Sequence[Delivery], *, day: dt.date, bytes_per_record: int) -> Batch:
-    """One batch of `records` (all of one integration, topic and partition, in order)."""
-    from sinks.base import Batch
+    """One batch of `records` (all of one integration, topic and partition, in order), as
+    the batcher makes it: slim records, the newest config once. `bytes_per_record` sets
+    its memory estimate."""
+    from sinks.base import Batch, BatchRecord
 
     first = records[0]
+    newest = max(records, key=lambda d: d.config_version)
+    slim = [BatchRecord.of(d) for d in records]
     return Batch(
-        integration=first.integration,
+        integration=newest.integration,
+        config_version=newest.config_version,
         topic=first.source_topic,
         partition=first.source_partition,
         first_offset=first.source_offset,
         last_offset=records[-1].source_offset,
         day=day,
-        records=list(records),
-        size_bytes=bytes_per_record * len(records),
+        records=slim,
+        size_bytes=sum(len(r.line) + 1 for r in slim),
+        memory_bytes=bytes_per_record * len(records),
     )
 
 

@@ -12,21 +12,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from schemas.models import Delivery
-from sinks.base import Batch
+from sinks.base import Batch, BatchRecord
 from sinks.errors import PermanentError
 from sinks.objectstore.compression import Codec
-from sinks.objectstore.format import JSONL_CONTENT_TYPE, encode_jsonl
+from sinks.objectstore.format import JSONL_CONTENT_TYPE
 
 __all__ = ["LAST_OFFSET", "ExactlyOnceObjects", "KeyFor", "ObjectWriter", "encode_batch"]
 
 
-def encode_batch(records: list[Delivery], codec: Codec) -> bytes:
-    """JSON lines of the alerts, compressed; CPU work, so callers run it in a thread."""
-    return codec.compress(encode_jsonl(r.alert.wire() for r in records))
+def encode_batch(records: Sequence[BatchRecord], codec: Codec) -> bytes:
+    """JSON lines of the alerts, compressed; CPU work, so callers run it in a thread.
+
+    Each record already holds its alert's line as `encode_jsonl` would write it (orjson,
+    one line, no surrounding whitespace), so the lines are only joined."""
+    if not records:
+        return codec.compress(b"")
+    return codec.compress(b"\n".join([r.line for r in records]) + b"\n")
 
 
 class ObjectWriter(Protocol):

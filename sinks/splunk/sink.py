@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from schemas.models import Delivery, IntegrationConfig
-from sinks.base import Batch, BatchingSink
+from schemas.models import IntegrationConfig
+from sinks.base import Batch, BatchingSink, BatchRecord
 from sinks.errors import DeliveryError, PermanentError, RetryableError
 from sinks.http import Redactor, build_client, classify_exception, classify_response
 from sinks.objectstore import get_codec
@@ -153,9 +153,10 @@ HEC_CODES: dict[int, HecCode] = {
 are successes; a code not listed falls back to the HTTP status (429/5xx retryable)."""
 
 
-def envelope(delivery: Delivery, index: str | None) -> dict[str, Any]:
-    """One HEC event: the alert as ``event``, its routing facts as indexed ``fields``."""
-    alert = delivery.alert
+def envelope(record: BatchRecord, integration_id: str, index: str | None) -> dict[str, Any]:
+    """One HEC event: the alert as ``event`` (its stored JSON line, as is), its routing
+    facts as indexed ``fields``."""
+    alert = record.alert()
     body: dict[str, Any] = {
         "time": round(alert.detected_at.timestamp(), 3),
         "host": HOST,
@@ -164,10 +165,10 @@ def envelope(delivery: Delivery, index: str | None) -> dict[str, Any]:
     }
     if index:
         body["index"] = index
-    body["event"] = alert.wire()
+    body["event"] = orjson.Fragment(record.line)
     body["fields"] = {
         "tenant_id": alert.tenant_id,
-        "integration_id": delivery.integration.integration_id,
+        "integration_id": integration_id,
         "event_type": alert.event_type.value,
         "risk_level": alert.risk_level.value,
     }
@@ -175,16 +176,19 @@ def envelope(delivery: Delivery, index: str | None) -> dict[str, Any]:
 
 
 def build_requests(
-    records: list[Delivery], index: str | None, limit: int = MAX_REQUEST_BYTES
-) -> list[tuple[list[Delivery], bytes]]:
+    records: list[BatchRecord],
+    integration_id: str,
+    index: str | None,
+    limit: int = MAX_REQUEST_BYTES,
+) -> list[tuple[list[BatchRecord], bytes]]:
     """Records grouped into request bodies of at most `limit` bytes (uncompressed), in
     order; an envelope larger than `limit` on its own travels alone."""
-    out: list[tuple[list[Delivery], bytes]] = []
-    group: list[Delivery] = []
+    out: list[tuple[list[BatchRecord], bytes]] = []
+    group: list[BatchRecord] = []
     parts: list[bytes] = []
     size = 0
     for record in records:
-        encoded = orjson.dumps(envelope(record, index)) + b"\n"
+        encoded = orjson.dumps(envelope(record, integration_id, index)) + b"\n"
         if parts and size + len(encoded) > limit:
             out.append((group, b"".join(parts)))
             group, parts, size = [], [], 0
@@ -236,7 +240,9 @@ class SplunkSink(BatchingSink[SplunkSettings]):
         status = 200
         awaiting_acks = False
         sends = [r for r in pending if r.source_offset not in waiting]
-        requests = build_requests(sends, settings.index, self.max_request_bytes)
+        requests = build_requests(
+            sends, batch.integration.integration_id, settings.index, self.max_request_bytes
+        )
         for number, (group, body) in enumerate(requests, start=1):
             what = f"Splunk HEC {_origin(settings)} (request {number} of {len(requests)})"
             channel = self._channel(settings) if settings.use_ack else None
@@ -281,7 +287,7 @@ class SplunkSink(BatchingSink[SplunkSettings]):
             else:
                 del self._inflight[place]
 
-    def _unaccepted(self, place: Place, records: list[Delivery]) -> list[Delivery]:
+    def _unaccepted(self, place: Place, records: list[BatchRecord]) -> list[BatchRecord]:
         dest, topic, partition = place
         return [
             r for r in records if (dest, topic, partition, r.source_offset) not in self._accepted
@@ -295,7 +301,11 @@ class SplunkSink(BatchingSink[SplunkSettings]):
             self._accepted.popitem(last=False)
 
     async def _settle(
-        self, place: Place, records: list[Delivery], settings: SplunkSettings, redact: Redactor
+        self,
+        place: Place,
+        records: list[BatchRecord],
+        settings: SplunkSettings,
+        redact: Redactor,
     ) -> set[int]:
         """Ask about the ackIds covering `records`; the offsets still unconfirmed."""
         wanted = {r.source_offset for r in records}

@@ -25,7 +25,7 @@ from sinks.base import BatchingSink, PerAlertSink
 from sinks.secretbox import SecretBox
 from streams import metrics
 from streams.acks import OrderedAcks
-from streams.batcher import Batcher, Pending
+from streams.batcher import Batcher, Pending, release_payload
 from streams.breaker import Breakers
 from streams.delivery import (
     BatchRunner,
@@ -34,6 +34,7 @@ from streams.delivery import (
     Park,
     Reporter,
     dead_letter_for,
+    dead_letter_for_record,
 )
 from streams.settings import Settings
 
@@ -214,9 +215,10 @@ class BatchingAgent:
     Writes run as tasks, so a slow destination does not stop the agent from taking the
     records of other integrations; batches of one integration and source partition still
     go one at a time, in order. Memory is capped: when buffered and in-flight records
-    pass `batch_memory_cap` bytes, everything held is written and the agent stops taking
-    (faust then pauses fetching) until writes bring it back under the cap. Nothing is
-    dropped.
+    pass `batch_memory_cap` bytes (their estimated size in memory, `record_memory`: a
+    record is its alert's JSON line, the delivery record it came from is not kept),
+    everything held is written and the agent stops taking (faust then pauses fetching)
+    until writes bring it back under the cap. Nothing is dropped.
     """
 
     def __init__(
@@ -231,7 +233,7 @@ class BatchingAgent:
         self._order: dict[tuple[str, str, int], asyncio.Lock] = {}
         # Buffers of different integrations flush in any order; acks stay in offset order.
         self._acks = OrderedAcks()
-        self._held = 0  # bytes buffered or being written
+        self._writing = 0  # estimated bytes of the batches cut and not written yet
         self._room = asyncio.Event()
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -249,18 +251,22 @@ class BatchingAgent:
                 if self.batcher.is_duplicate(delivery, event.message.partition):
                     self._acks.done(slot)  # its original holds the earlier offset
                     continue
-                size = len(event.message.value or b"")
-                self._held += size
-                pending = self.batcher.add(delivery, slot, event.message.partition, size)
+                release_payload(event)  # from here on the event is only an ack handle
+                pending = self.batcher.add(delivery, slot, event.message.partition)
                 if pending is not None:
                     ready.append(pending)
             ready.extend(self.batcher.due())
             self._spawn(ready)
-            if self._held > settings.batch_memory_cap:
+            if self.held > settings.batch_memory_cap:
                 metrics.BACKPRESSURE.labels(self.sink.type_name).inc()
                 self._spawn(self.batcher.drain())
                 self._room.clear()
                 await self._room.wait()
+
+    @property
+    def held(self) -> int:
+        """Estimated bytes of the records buffered or being written."""
+        return self.batcher.memory + self._writing
 
     async def tick(self) -> None:
         """Timer: write batches whose time limit passed although no new record came."""
@@ -268,6 +274,7 @@ class BatchingAgent:
 
     def _spawn(self, ready: list[Pending]) -> None:
         for pending in ready:
+            self._writing += pending.batch.memory_bytes
             task = asyncio.create_task(self._write(pending))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -275,6 +282,7 @@ class BatchingAgent:
     async def flush(self, ready: list[Pending]) -> None:
         """Write these batches and wait for them (tests, shutdown)."""
         if ready:
+            self._writing += sum(p.batch.memory_bytes for p in ready)
             await asyncio.gather(*(self._write(p) for p in ready))
 
     async def _write(self, pending: Pending) -> None:
@@ -293,14 +301,18 @@ class BatchingAgent:
             await self.runner.write(pending.batch)
         except Exception as exc:  # a bug must still end the batch somewhere visible
             log.exception("internal error writing a batch for %s", pending.batch.integration.key)
-            for delivery in pending.batch.records:
+            reason = f"internal error: {type(exc).__name__}"
+            for record in pending.batch.records:
                 await self.reporter.dead_letter(
-                    dead_letter_for(delivery, f"internal error: {type(exc).__name__}", 0)
+                    dead_letter_for_record(pending.batch, record, reason, 0)
                 )
         for slot in pending.acks:
             self._acks.done(slot)
-        self._held -= pending.batch.size_bytes
-        if self._held <= self.settings.batch_memory_cap * 0.8:
+        self._writing -= pending.batch.memory_bytes
+        self._make_room()
+
+    def _make_room(self) -> None:
+        if self.held <= self.settings.batch_memory_cap * 0.8:
             self._room.set()
 
     def on_revoked(self, revoked: Iterable[TP]) -> None:
@@ -309,3 +321,4 @@ class BatchingAgent:
         if mine:
             dropped = self.batcher.drop_partitions(mine)
             log.info("dropped %d %s buffers of revoked partitions", dropped, self.sink.type_name)
+            self._make_room()

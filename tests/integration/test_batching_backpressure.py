@@ -40,7 +40,7 @@ def test_memory_cap_forces_writes_and_loses_nothing(
             # stays under the cap at the end...
             "ALERTRELAY_BATCH_MAX_EVENTS": "100000",
             "ALERTRELAY_BATCH_MAX_AGE": "5",
-            # ...so the memory cap (~40 delivery records) must have cut the rest.
+            # ...so the memory cap (~40 buffered records of ~1.5 KB) must have cut the rest.
             "ALERTRELAY_BATCH_MEMORY_CAP": "60000",
         }
         with WorkerProcess(kafka_bootstrap, topics, tmp_path, env) as worker:  # type: ignore[arg-type]

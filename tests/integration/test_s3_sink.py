@@ -249,7 +249,8 @@ async def test_a_redriven_record_is_written_although_the_mark_is_past_it(
     settings = s3_settings(bucket, "gzip")
     await write(sink, make_batch(range(10, 20), settings))
     redriven = make_batch(range(3, 4), settings)
-    redriven.records = [r.model_copy(update={"redrive": True}) for r in redriven.records]
+    for record in redriven.records:
+        record.redrive = True
     await write(sink, redriven)
     stored = [i for key in objects(bucket) for i in alert_ids(bucket, key)]
     assert sorted(stored) == sorted([f"alert-{o}" for o in range(10, 20)] + ["alert-3"])

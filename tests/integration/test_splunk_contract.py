@@ -181,7 +181,7 @@ async def test_a_batch_is_one_request_of_concatenated_envelopes(
         "source": "alertrelay",
         "sourcetype": "alertrelay:alert",
         "index": "security",
-        "event": batch.records[0].alert.wire(),
+        "event": batch.records[0].alert().wire(),
         "fields": {
             "tenant_id": TENANT,
             "integration_id": INTEGRATION,

@@ -95,7 +95,7 @@ async def test_concurrent_flushes_write_batches_of_a_partition_in_order() -> Non
     acks = [Ack() for _ in range(10)]
     for offset in range(10):
         slot = agent._acks.track(acks[offset])
-        ready = agent.batcher.add(delivery(offset), slot, 0, 100)
+        ready = agent.batcher.add(delivery(offset), slot, 0)
         if ready is not None:
             pending.append(ready)
     older, newer = pending

@@ -25,12 +25,12 @@ from schemas.models import (
     Outcome,
     idempotency_key,
 )
-from sinks.base import Batch, BatchingSink, PerAlertSink
+from sinks.base import Batch, BatchingSink, BatchRecord, PerAlertSink
 from sinks.errors import PermanentError, RetryableError
 from sinks.retry import RetryPolicy
 from sinks.secretbox import SecretBox, generate_key_spec
 from sinks.webhook.config import WebhookSettings
-from streams.delivery import BatchRunner, DeliveryRunner
+from streams.delivery import BatchRunner, DeliveryRunner, _status, dead_letter_for
 
 URL_SECRET = "T0001-B0002-xoxb-very-secret-path"
 WEBHOOK_URL = f"https://hooks.example.com/services/{URL_SECRET}"
@@ -333,12 +333,13 @@ def make_batch(count: int = 3, settings: dict[str, Any] | None = None) -> Batch:
     ]
     return Batch(
         integration=records[0].integration,
+        config_version=records[0].config_version,
         topic="alerts",
         partition=0,
         first_offset=0,
         last_offset=count - 1,
         day=dt.date(2024, 5, 1),
-        records=records,
+        records=[BatchRecord.of(r) for r in records],
         size_bytes=100 * count,
     )
 
@@ -382,6 +383,42 @@ async def test_batch_unexpected_exception_is_never_lost() -> None:
     assert len(sink.writes) == POLICY.max_attempts
     assert len(reporter.dead_letters) == 2
     assert all(d.attempts == POLICY.max_attempts for d in reporter.dead_letters)
+
+
+async def test_batch_status_and_dead_letters_are_those_of_the_full_deliveries() -> None:
+    """Slim records report exactly what the per-delivery records said (but `at`)."""
+    settings = {"bucket": "archive", "credential": BUCKET_SECRET}
+    deliveries = [
+        make_delivery(f"alert-{i}", i, integration_type="bucket", settings=settings)
+        for i in range(3)
+    ]
+    sink = FakeBucket(fail(lambda: RetryableError("throttled", status=503)), ok(200))
+    reporter = Recorder()
+    assert await BatchRunner(sink, POLICY, reporter, BOX).write(make_batch(3)) == (
+        Outcome.DELIVERED
+    )
+    volatile = {"at", "latency_ms"}
+    got = [s.model_dump(exclude=volatile) for s in reporter.statuses]
+    expected = [
+        _status(d, 1, Outcome.RETRYING, 0.0, 503, "throttled").model_dump(exclude=volatile)
+        for d in deliveries
+    ] + [
+        _status(d, 2, Outcome.DELIVERED, 0.0, 200).model_dump(exclude=volatile) for d in deliveries
+    ]
+    assert got == expected
+
+    sink = FakeBucket(fail(lambda: PermanentError("denied", status=403)))
+    reporter = Recorder()
+    await BatchRunner(sink, POLICY, reporter, BOX).write(make_batch(3))
+    got = [d.model_dump(mode="json", exclude={"at"}) for d in reporter.dead_letters]
+    expected = [
+        dead_letter_for(d, reporter.dead_letters[0].reason, 1).model_dump(
+            mode="json", exclude={"at"}
+        )
+        for d in deliveries
+    ]
+    assert got == expected
+    assert reporter.dead_letters[0].alert == deliveries[0].alert
 
 
 async def test_batch_invalid_settings_dead_letters_without_attempts() -> None:
