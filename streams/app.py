@@ -5,14 +5,14 @@ from __future__ import annotations
 import faust
 from faust.types import TransportT
 
-from streams.consumer import GaplessTransport
 from streams.settings import Settings
+from streams.transport import Transport
 
 __all__ = ["AlertrelayApp", "create_app"]
 
 
 class AlertrelayApp(faust.App):  # type: ignore[misc]
-    """faust's App reading through `GaplessConsumer` (streams/consumer.py)."""
+    """faust's App on our Kafka transport (streams/transport.py)."""
 
     sparse_topics: frozenset[str] = frozenset()
     """Compacted topics: holes in their offsets are normal, not records skipped."""
@@ -20,7 +20,10 @@ class AlertrelayApp(faust.App):  # type: ignore[misc]
     """How long the broker may hold a fetch with nothing to return (faust: 1 500 ms)."""
 
     def _new_transport(self) -> TransportT:
-        return GaplessTransport(self.conf.broker_consumer, self)
+        return Transport(self.conf.broker_consumer, self)
+
+    def _new_producer_transport(self) -> TransportT:
+        return Transport(self.conf.broker_producer, self)
 
 
 def _broker_urls(bootstrap: str) -> str:

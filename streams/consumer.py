@@ -40,7 +40,7 @@ from faust.types import TP
 
 from streams import metrics
 
-__all__ = ["GaplessConsumer", "GaplessTransport", "ReadGuard", "Verdict"]
+__all__ = ["GaplessConsumer", "ReadGuard", "Verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,6 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         sparse: frozenset[str] = getattr(self.app, "sparse_topics", frozenset())
         read_offset = self._read_offset
         recovered = self.app.tables.recovery.completed.is_set
-        is_changelog = self._is_changelog_tp
         since_yield = 0
         try:
             while not (stopped() or fetcher_stopped()):
@@ -198,29 +197,38 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 records = self.getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
-                    refetching: set[TP] = set()
+                    skipping: set[TP] = set()  # re-read after a seek or a lost hand-over
                     async for tp, message in records:
                         since_yield += 1
                         if since_yield > _YIELD_EVERY:
                             await asyncio.sleep(0)
                             since_yield = 0
-                        if tp in refetching:
-                            continue  # the rest of this batch is read again after the seek
                         offset = message.offset
-                        guard.seen(tp, offset)
-                        if not recovered() and not is_changelog(tp):
-                            continue  # start-up: read again once positioned (module doc)
                         acked = acks_enabled_for(message.topic)
-                        verdict = guard.check(tp, offset, acked and message.topic not in sparse)
-                        if verdict is Verdict.DUPLICATE:
-                            continue
-                        if verdict is Verdict.REFETCH:
-                            refetching.add(tp)
-                            await self._refetch(tp, cast(int, guard.expected(tp)))
-                            continue
-                        if verdict is Verdict.GAP and acked:
-                            metrics.REREAD.labels("real").inc()
-                            await self._add_gap(tp, cast(int, guard.expected(tp)), offset - 1)
+                        dense = acked and message.topic not in sparse
+                        if not dense:
+                            # Changelogs (unacked) and compacted topics: faust's own rules.
+                            last = read_offset[tp]
+                            if last is not None and offset < last:
+                                continue
+                            if acked and last and offset - last > 1:
+                                await self._add_gap(tp, last + 1, offset)
+                        else:
+                            if tp in skipping:
+                                continue
+                            guard.seen(tp, offset)
+                            if not recovered():
+                                continue  # start-up: read again once positioned (module doc)
+                            verdict = guard.check(tp, offset, dense=True)
+                            if verdict is Verdict.DUPLICATE:
+                                continue
+                            if verdict is Verdict.REFETCH:
+                                skipping.add(tp)
+                                await self._refetch(tp, cast(int, guard.expected(tp)))
+                                continue
+                            if verdict is Verdict.GAP:
+                                metrics.REREAD.labels("real").inc()
+                                await self._add_gap(tp, cast(int, guard.expected(tp)), offset - 1)
                         every: int | None = self._commit_every
                         if every is not None and self._n_acked >= every:
                             self._n_acked = 0
@@ -230,16 +238,19 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                         if self.app.consumer_generation_id != generation:
                             # A rebalance happened meanwhile: its seek to the committed
                             # offsets decides where reading goes on, not this record.
-                            break
-                        if handing not in result.done:
-                            # The flow stopped before the record reached its agents; the
-                            # hole it leaves is re-read (guard) or the rebalance re-seeks.
-                            break
-                        if guard.read(tp, offset):
-                            metrics.REREAD.labels("recovered").inc()
-                            log.warning(
-                                "%s-%d: read offset %d again after it was skipped", *tp, offset
-                            )
+                            # (Breaking out here instead stalls faust's table recovery.)
+                            continue
+                        if dense:
+                            if handing not in result.done:
+                                # The flow stopped before the record reached its agents:
+                                # the hole it leaves is re-read (guard).
+                                skipping.add(tp)
+                                continue
+                            if guard.read(tp, offset):
+                                metrics.REREAD.labels("recovered").inc()
+                                log.warning(
+                                    "%s-%d: read offset %d again after it was skipped", *tp, offset
+                                )
                         read_offset[tp] = offset
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -255,7 +266,3 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
-
-
-class GaplessTransport(faust_aiokafka.Transport):  # type: ignore[misc]
-    Consumer = GaplessConsumer

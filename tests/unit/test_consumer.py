@@ -9,6 +9,7 @@ from faust.types import TP
 from streams.app import create_app
 from streams.consumer import GaplessConsumer, ReadGuard, Verdict
 from streams.settings import Settings
+from streams.transport import DrainingProducer
 
 A = TP("alerts", 0)
 B = TP("alerts", 1)
@@ -118,3 +119,29 @@ async def test_seeking_to_committed_positions_the_guard(tmp_path: Path) -> None:
     assert consumer.read_guard.expected(A) == 12
     assert sought == [{B: 5}]
     assert consumer.read_guard.expected(B) == 5
+
+
+class _SlowBuffer:
+    """A producer buffer whose flush returns after one record, as faust's does when the
+    next record takes longer than 0.1 s to leave."""
+
+    def __init__(self, pending: int) -> None:
+        self.size = pending
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        self.size = max(0, self.size - 1)
+
+
+async def test_the_producer_flush_before_a_commit_empties_the_whole_buffer(
+    tmp_path: Path,
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path), 4)
+    producer = app.producer
+    assert isinstance(producer, DrainingProducer)
+    assert isinstance(app.consumer, GaplessConsumer)
+    producer.buffer = _SlowBuffer(pending=3)
+    await producer.flush()
+    assert producer.buffer.size == 0
+    assert producer.buffer.flushes >= 3  # faust's own flush: once
