@@ -42,8 +42,8 @@ test-unit: install ## unit tests only (no broker)
 test-integration: install kafka-jars ## integration tests on a real Kafka broker and local servers
 	$(PY) -m pytest tests/integration -q
 
-test: install kafka-jars lint ## everything: lint, unit and integration tests
-	$(PY) -m pytest tests -q -ra --durations=15 -m "not faults"
+test: install kafka-jars lint ## everything: lint, unit, integration and fault-injection tests (~10 min)
+	$(PY) -m pytest tests -q -ra --durations=15
 
 test-faults: install kafka-jars ## fault injection: SIGKILLs, outages, rebalances, broker restart (~5 min)
 	$(PY) -m pytest tests/integration/test_faults.py -q -s
