@@ -106,6 +106,12 @@ class ReadGuard:
         self._refetched[tp] = expected
         return Verdict.REFETCH
 
+    def reading_again(self, tp: TP) -> None:
+        """Records from the expected offset on were fetched but not handed over."""
+        expected = self._expected.get(tp)
+        if expected is not None:
+            self._refetched[tp] = expected
+
     def read(self, tp: TP, offset: int) -> bool:
         """The record at `offset` was handed over; True if a re-read just recovered it."""
         self._expected[tp] = offset + 1
@@ -137,6 +143,14 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_guard = ReadGuard()
+        self._last_fetched: dict[TP, int] = {}  # per partition, of the batch being read
+
+    async def _getmany(self, *args: Any, **kwargs: Any) -> Any:
+        records = await super()._getmany(*args, **kwargs)
+        for tp, batch in records.items():
+            if batch:
+                self._last_fetched[tp] = batch[-1].offset
+        return records
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -149,10 +163,12 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         unread: dict[TP, int] = {}
         for tp, offset in committed.items():
             first = guard.first_seen(tp)
-            if (offset is None or offset < 0) and first is not None:
+            if first is None:
+                guard.positioned(tp, offset)
+            elif offset is None or offset < 0:
                 unread[tp] = first  # nothing committed: from what was fetched first
             else:
-                guard.positioned(tp, offset)
+                unread[tp] = offset  # (aiokafka does not seek to a committed offset 0)
         if unread:
             await self.seek_wait(unread)
         return committed
@@ -176,6 +192,25 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             await self.seek_wait({tp: offset})
         except Exception as exc:  # revoked meanwhile: the new assignment positions it
             log.warning("seek of %s-%d to %d failed: %r", tp.topic, tp.partition, offset, exc)
+
+    async def _refetch_unhanded(
+        self, fetched: dict[TP, int], skipping: set[TP], sparse: frozenset[str]
+    ) -> None:
+        """After a batch: records fetched but neither handed over nor re-read yet (faust's
+        getmany dropped them: a partition paused meanwhile, a batch cut short) leave no
+        hole when nothing comes after them, so the position is compared instead."""
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp, last in fetched.items():
+            expected = self.read_guard.expected(tp)
+            if (
+                expected is not None
+                and last >= expected
+                and tp not in skipping
+                and acks_enabled_for(tp.topic)
+                and tp.topic not in sparse
+            ):
+                self.read_guard.reading_again(tp)
+                await self._refetch(tp, expected)
 
     # -- the read loop ----------------------------------------------------------------
 
@@ -252,6 +287,9 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                                     "%s-%d: read offset %d again after it was skipped", *tp, offset
                                 )
                         read_offset[tp] = offset
+                    fetched, self._last_fetched = self._last_fetched, {}
+                    if self.app.consumer_generation_id == generation:
+                        await self._refetch_unhanded(fetched, skipping, sparse)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
