@@ -16,7 +16,6 @@ __all__ = [
     "END_TO_END",
     "REGISTRY",
     "REREAD",
-    "REROUTED",
     "ROUTED",
     "record_attempt",
     "render",
@@ -35,13 +34,6 @@ REREAD = Counter(
     "Holes in a partition's offsets, by outcome: recovered (records the engine skipped, "
     "read again) or real (transaction markers, retention; read past)",
     ["outcome"],
-    registry=REGISTRY,
-)
-REROUTED = Counter(
-    "alertrelay_deliveries_rerouted",
-    "Per-alert delivery records skipped because the router's first copy was already taken "
-    "(a router re-routes what it had not committed when it crashed)",
-    ["type"],
     registry=REGISTRY,
 )
 ROUTED = Counter(

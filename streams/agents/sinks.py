@@ -11,7 +11,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +41,6 @@ from streams.settings import Settings
 __all__ = ["BatchingAgent", "PerAlertAgent"]
 
 log = logging.getLogger(__name__)
-
-_ROUTED_MEMORY = 50_000
-"""First-hand deliveries remembered per delivery partition (~100 bytes each): more than a
-router re-routes after a crash (what it routed since its last commit)."""
 
 
 async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | None:
@@ -137,31 +133,6 @@ class PerAlertAgent:
         self._backlog: Counter[str] = Counter()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._acks = OrderedAcks()
-        self._routed: dict[TP, OrderedDict[tuple[str, str, str, int, int], None]] = {}
-
-    def _routed_before(self, delivery: Delivery, tp: TP) -> bool:
-        """The router's first copy of this alert for this integration was taken here
-        already. A router that crashed before committing routes its alerts again, and
-        both copies land on the same partition of the delivery topic. Only first-hand
-        records count: parked and retried copies (not_before, attempt) and redrives are
-        sent on purpose. Forgotten with the partition on revocation (its new owner may
-        need to send it)."""
-        if delivery.attempt or delivery.not_before is not None or delivery.redrive:
-            return False
-        key = (
-            delivery.integration.key,
-            delivery.alert.alert_id,
-            delivery.source_topic,
-            delivery.source_partition,
-            delivery.source_offset,
-        )
-        seen = self._routed.setdefault(tp, OrderedDict())
-        if key in seen:
-            return True
-        seen[key] = None
-        if len(seen) > _ROUTED_MEMORY:
-            seen.popitem(last=False)
-        return False
 
     async def agent(self, stream: StreamT[Any]) -> None:
         settings, park, kind = self.settings, self.park, self.sink.type_name
@@ -173,10 +144,6 @@ class PerAlertAgent:
                 delivery = await _parse(event, self.reporter, kind)
                 if delivery is None:
                     self._acks.done(slot)
-                    continue
-                if self._routed_before(delivery, event.message.tp):
-                    metrics.REROUTED.labels(kind).inc()
-                    self._acks.done(slot)  # its first copy holds the earlier offset
                     continue
                 key = delivery.integration.key
                 if park is not None and self._backlog[key] >= settings.per_integration_backlog:
@@ -221,8 +188,6 @@ class PerAlertAgent:
         if not mine:
             return
         self._acks.forget(mine)
-        for tp in mine:
-            self._routed.pop(tp, None)
         cancelled = finishing = 0
         for task, job in list(self._jobs.items()):
             if job.tp not in mine or job.revoked:
