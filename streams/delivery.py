@@ -16,7 +16,14 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from schemas.codec import format_errors
-from schemas.models import DeadLetter, Delivery, DeliveryStatus, IntegrationConfig, Outcome
+from schemas.models import (
+    Alert,
+    DeadLetter,
+    Delivery,
+    DeliveryStatus,
+    IntegrationConfig,
+    Outcome,
+)
 from sinks.base import Batch, BatchingSink, BatchRecord, PerAlertSink, Sink
 from sinks.errors import DeliveryError, PermanentError, RetryableError
 from sinks.http import Redactor
@@ -46,22 +53,87 @@ class Reporter(Protocol):
     async def dead_letter(self, record: DeadLetter) -> None: ...
 
 
-def dead_letter_for(delivery: Delivery, reason: str, attempts: int) -> DeadLetter:
+def _dead_letter(
+    integration: IntegrationConfig,
+    where: tuple[str, int, int],
+    alert_id: str,
+    idempotency_key: str,
+    alert: Alert,
+    reason: str,
+    attempts: int,
+) -> DeadLetter:
     """A DLQ record that names the alert and integration but carries no settings."""
+    topic, partition, offset = where
     return DeadLetter(
         reason=reason,
         stage="deliver",
-        source_topic=delivery.source_topic,
-        source_partition=delivery.source_partition,
-        source_offset=delivery.source_offset,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
         at=time.time(),
-        tenant_id=delivery.integration.tenant_id,
-        integration_id=delivery.integration.integration_id,
-        integration_type=delivery.integration.type,
-        alert_id=delivery.alert.alert_id,
-        idempotency_key=delivery.idempotency_key,
+        tenant_id=integration.tenant_id,
+        integration_id=integration.integration_id,
+        integration_type=integration.type,
+        alert_id=alert_id,
+        idempotency_key=idempotency_key,
         attempts=attempts,
-        alert=delivery.alert,
+        alert=alert,
+    )
+
+
+def dead_letter_for(delivery: Delivery, reason: str, attempts: int) -> DeadLetter:
+    where = (delivery.source_topic, delivery.source_partition, delivery.source_offset)
+    alert = delivery.alert
+    return _dead_letter(
+        delivery.integration,
+        where,
+        alert.alert_id,
+        delivery.idempotency_key,
+        alert,
+        reason,
+        attempts,
+    )
+
+
+def dead_letter_for_record(
+    batch: Batch, record: BatchRecord, reason: str, attempts: int
+) -> DeadLetter:
+    """`dead_letter_for` of one alert of a batch, from its slim form."""
+    where = (batch.topic, batch.partition, record.source_offset)
+    return _dead_letter(
+        batch.integration,
+        where,
+        record.alert_id,
+        record.idempotency_key,
+        record.alert(),
+        reason,
+        attempts,
+    )
+
+
+def _record_status(
+    integration: IntegrationConfig,
+    record: BatchRecord | Delivery,
+    attempt: int,
+    outcome: Outcome,
+    latency: float,
+    http_status: int | None = None,
+    error: str | None = None,
+) -> DeliveryStatus:
+    """One status record of one alert (of a batch, or of a per-alert delivery)."""
+    alert_id = record.alert.alert_id if isinstance(record, Delivery) else record.alert_id
+    return DeliveryStatus(
+        alert_id=alert_id,
+        tenant_id=integration.tenant_id,
+        integration_id=integration.integration_id,
+        integration_type=integration.type,
+        idempotency_key=record.idempotency_key,
+        attempt=attempt,
+        outcome=outcome,
+        http_status=http_status,
+        latency_ms=round(latency * 1000, 3),
+        error=error,
+        at=time.time(),
     )
 
 
@@ -73,65 +145,8 @@ def _status(
     http_status: int | None = None,
     error: str | None = None,
 ) -> DeliveryStatus:
-    return DeliveryStatus(
-        alert_id=delivery.alert.alert_id,
-        tenant_id=delivery.integration.tenant_id,
-        integration_id=delivery.integration.integration_id,
-        integration_type=delivery.integration.type,
-        idempotency_key=delivery.idempotency_key,
-        attempt=attempt,
-        outcome=outcome,
-        http_status=http_status,
-        latency_ms=round(latency * 1000, 3),
-        error=error,
-        at=time.time(),
-    )
-
-
-def dead_letter_for_record(
-    batch: Batch, record: BatchRecord, reason: str, attempts: int
-) -> DeadLetter:
-    """`dead_letter_for` of one alert of a batch: the same record, from the slim form."""
-    integration = batch.integration
-    return DeadLetter(
-        reason=reason,
-        stage="deliver",
-        source_topic=batch.topic,
-        source_partition=batch.partition,
-        source_offset=record.source_offset,
-        at=time.time(),
-        tenant_id=integration.tenant_id,
-        integration_id=integration.integration_id,
-        integration_type=integration.type,
-        alert_id=record.alert_id,
-        idempotency_key=record.idempotency_key,
-        attempts=attempts,
-        alert=record.alert(),
-    )
-
-
-def _record_status(
-    integration: IntegrationConfig,
-    record: BatchRecord,
-    attempt: int,
-    outcome: Outcome,
-    latency: float,
-    http_status: int | None = None,
-    error: str | None = None,
-) -> DeliveryStatus:
-    """`_status` of one alert of a batch (every record of a batch has its integration)."""
-    return DeliveryStatus(
-        alert_id=record.alert_id,
-        tenant_id=integration.tenant_id,
-        integration_id=integration.integration_id,
-        integration_type=integration.type,
-        idempotency_key=record.idempotency_key,
-        attempt=attempt,
-        outcome=outcome,
-        http_status=http_status,
-        latency_ms=round(latency * 1000, 3),
-        error=error,
-        at=time.time(),
+    return _record_status(
+        delivery.integration, delivery, attempt, outcome, latency, http_status, error
     )
 
 
