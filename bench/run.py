@@ -396,6 +396,10 @@ def kafka_diagnostics(b: Bench, topics: TopicSet) -> dict[str, Any]:
     for topic in (topics.alerts, f"{topics.app_id}-alerts-by-tenant"):
         with contextlib.suppress(Exception):
             out[topic] = group_offsets(b.bootstrap, topics.app_id, topic)
+    with contextlib.suppress(Exception):
+        out[f"{topics.alerts} (batch lane)"] = group_offsets(
+            b.bootstrap, f"{topics.app_id}-batching", topics.alerts
+        )
     return out
 
 
@@ -631,7 +635,8 @@ def run_batching(
     b.stop_worker(worker)
     mem = sampler.stop()
 
-    t_first = first_timestamp(b.bootstrap, f"{topics.app_id}-deliver-s3")
+    # Alerts for S3 take the batch lane (streams/lane.py): it stamps its first read.
+    t_first = metrics.get("alertrelay_batch_lane_first_read_timestamp_seconds") or None
     delivered = topic_timestamps(b.bootstrap, topics.status, want=lambda v: b'"delivered"' in v)
     t_last = max(delivered) if delivered else None
     keys = sorted(counter.counts)

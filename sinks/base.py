@@ -110,13 +110,12 @@ def _shared_day(day: dt.date) -> dt.date:
     return _DAYS.setdefault(day, day)
 
 
-def _delivery_day(delivery: Delivery) -> dt.date:
+def _record_day(produced_at: float | None, alert: Alert) -> dt.date:
     """The UTC date a record is filed under: its alert's Kafka timestamp, else (records
     routed before timestamps were carried) the alert's own detection time."""
-    stamp = delivery.produced_at
-    if stamp is None:
-        return delivery.alert.detected_at.astimezone(dt.UTC).date()
-    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).date()
+    if produced_at is None:
+        return alert.detected_at.astimezone(dt.UTC).date()
+    return dt.datetime.fromtimestamp(produced_at, tz=dt.UTC).date()
 
 
 @dataclass(slots=True)
@@ -140,17 +139,34 @@ class BatchRecord:
 
     @classmethod
     def of(cls, delivery: Delivery) -> BatchRecord:
+        return cls.make(
+            delivery.alert,
+            delivery.idempotency_key,
+            delivery.source_offset,
+            delivery.produced_at,
+            delivery.redrive,
+        )
+
+    @classmethod
+    def make(
+        cls,
+        alert: Alert,
+        idempotency_key: str,
+        source_offset: int,
+        produced_at: float | None,
+        redrive: bool = False,
+    ) -> BatchRecord:
         # A copy of exactly its length: orjson's own result keeps its growth buffer
         # (about 4 KB for a 1 KB line) allocated for as long as it lives.
-        line = memoryview(orjson.dumps(delivery.alert.wire())).tobytes()
+        line = memoryview(orjson.dumps(alert.wire())).tobytes()
         return cls(
             line=line,
-            alert_id=delivery.alert.alert_id,
-            idempotency_key=delivery.idempotency_key,
-            source_offset=delivery.source_offset,
-            day=_shared_day(_delivery_day(delivery)),
-            produced_at=delivery.produced_at,
-            redrive=delivery.redrive,
+            alert_id=alert.alert_id,
+            idempotency_key=idempotency_key,
+            source_offset=source_offset,
+            day=_shared_day(_record_day(produced_at, alert)),
+            produced_at=produced_at,
+            redrive=redrive,
         )
 
     def alert(self) -> Alert:

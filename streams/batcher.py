@@ -21,7 +21,14 @@ from typing import Any
 from schemas.models import Delivery, IntegrationConfig
 from sinks.base import Batch, BatchLimits, BatchRecord
 
-__all__ = ["RECORD_OVERHEAD", "Batcher", "Pending", "record_memory", "release_payload"]
+__all__ = [
+    "RECORD_OVERHEAD",
+    "Batcher",
+    "BufferKey",
+    "Pending",
+    "record_memory",
+    "release_payload",
+]
 
 BufferKey = tuple[str, int, str, int]  # integration key, delivery partition, source topic, part
 
@@ -73,25 +80,23 @@ class Batcher:
         """Estimated bytes held by the records buffered (not yet cut into a batch)."""
         return self._memory
 
-    @staticmethod
-    def _key(delivery: Delivery, delivery_partition: int) -> BufferKey:
-        return (
+    def is_duplicate(self, delivery: Delivery, delivery_partition: int) -> bool:
+        """The same source offset again: a router that crashed before committing routes
+        its alerts a second time. Counting it would also shift the batch boundaries.
+        (Redriven records are never duplicates: they are sent on purpose.)"""
+        key = (
             delivery.integration.key,
             delivery_partition,
             delivery.source_topic,
             delivery.source_partition,
         )
+        return not delivery.redrive and self.holds(key, delivery.source_offset)
 
-    def is_duplicate(self, delivery: Delivery, delivery_partition: int) -> bool:
-        """The same source offset again: a router that crashed before committing routes
-        its alerts a second time. Counting it would also shift the batch boundaries.
-        (Redriven records are never duplicates: they are sent on purpose.)"""
-        if delivery.redrive:
-            return False
-        key = self._key(delivery, delivery_partition)
+    def holds(self, key: BufferKey, source_offset: int) -> bool:
+        """This source offset is buffered under `key` or was already cut into a batch."""
         buf = self._buffers.get(key)
-        return (buf is not None and delivery.source_offset in buf.offsets) or (
-            delivery.source_offset <= self._cut.get(key, -1)
+        return (buf is not None and source_offset in buf.offsets) or (
+            source_offset <= self._cut.get(key, -1)
         )
 
     def add(self, delivery: Delivery, ack: Any, delivery_partition: int) -> Pending | None:
@@ -99,13 +104,31 @@ class Batcher:
 
         Only the slim `BatchRecord` of `delivery` is kept (and its config, when it is
         newer than the buffer's): the caller may drop the delivery afterwards."""
-        key = self._key(delivery, delivery_partition)
+        key = (
+            delivery.integration.key,
+            delivery_partition,
+            delivery.source_topic,
+            delivery.source_partition,
+        )
+        return self.add_record(
+            key, delivery.integration, delivery.config_version, BatchRecord.of(delivery), ack
+        )
+
+    def add_record(
+        self,
+        key: BufferKey,
+        integration: IntegrationConfig,
+        config_version: int,
+        record: BatchRecord,
+        ack: Any,
+    ) -> Pending | None:
+        """`add` for a record already in its slim form, under its buffer key
+        (integration key, partition read, source topic, source partition)."""
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = _Buffer(delivery.integration, delivery.config_version)
-        elif delivery.config_version > buf.config_version:
-            buf.integration, buf.config_version = delivery.integration, delivery.config_version
-        record = BatchRecord.of(delivery)
+            buf = self._buffers[key] = _Buffer(integration, config_version)
+        elif config_version > buf.config_version:
+            buf.integration, buf.config_version = integration, config_version
         memory = record_memory(record)
         buf.records.append(record)
         buf.offsets.add(record.source_offset)

@@ -14,6 +14,8 @@ __all__ = [
     "DELIVERY_LATENCY",
     "DLQ",
     "END_TO_END",
+    "LANE_FIRST_READ",
+    "LANE_READ",
     "REGISTRY",
     "REREAD",
     "ROUTED",
@@ -38,7 +40,7 @@ REREAD = Counter(
 )
 ROUTED = Counter(
     "alertrelay_deliveries_routed",
-    "Delivery records the router produced, by integration type",
+    "Alerts routed to an integration, by its type (a delivery record, or a batch lane buffer)",
     ["type"],
     registry=REGISTRY,
 )
@@ -84,6 +86,16 @@ BACKPRESSURE = Counter(
     "alertrelay_batch_backpressure",
     "Times a batching sink stopped taking records because its memory cap was reached",
     ["type"],
+    registry=REGISTRY,
+)
+LANE_READ = Counter(
+    "alertrelay_batch_lane_read",
+    "Records the batch lane read from the alerts topics (streams/lane.py)",
+    registry=REGISTRY,
+)
+LANE_FIRST_READ = Gauge(
+    "alertrelay_batch_lane_first_read_timestamp_seconds",
+    "When the batch lane of this process first read a record (unix time; 0 = not yet)",
     registry=REGISTRY,
 )
 CONFIGS = Gauge(

@@ -15,11 +15,12 @@ from sinks.secretbox import SecretBox
 from streams.agents.config import make_config_agents
 from streams.agents.health import make_health_agent
 from streams.agents.retry import make_parker, make_retry_agent
-from streams.agents.router import make_router
+from streams.agents.router import RouteRules, make_router
 from streams.agents.sinks import BatchingAgent, PerAlertAgent
 from streams.api.integrations import IntegrationService
 from streams.api.views import register_api, register_views
 from streams.app import create_app
+from streams.lane import BatchLane
 from streams.reporter import KafkaReporter
 from streams.settings import Settings
 from streams.tables import declare_config_table, declare_health_table
@@ -37,6 +38,7 @@ class Pipeline:
     table: TableT
     sinks: dict[str, Sink[Any]]
     box: SecretBox
+    lane: BatchLane
 
 
 def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipeline:
@@ -51,9 +53,19 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     intake, apply = make_config_agents(topics, table, reporter, box)
     app.agent(topics.integrations, name="config-intake")(intake)
     app.agent(topics.configs_by_tenant, name="config-apply")(apply)
+    rules = RouteRules(partitions, settings.alerts_by_tenant_topic, settings.replay_topic)
+    per_alert_types = {k for k, s in sinks.items() if isinstance(s, PerAlertSink)}
     app.agent(topics.alerts, name="router")(
-        make_router(topics, table, reporter, partitions, set(sinks), settings.replay_topic)
+        make_router(topics, table, reporter, rules, per_alert_types)
     )
+    # Alerts for batching integrations take the batch lane instead of a delivery topic.
+    batching = {k: s for k, s in sinks.items() if isinstance(s, BatchingSink)}
+    lane = BatchLane(settings, table, rules, batching, reporter, box, app.producer.flush)
+    app.task(lane.run)
+
+    @app.on_rebalance_complete.connect  # type: ignore[untyped-decorator]
+    async def _rebalanced(_app: Any, **_kw: Any) -> None:
+        lane.on_assigned(app.consumer.assignment())
 
     app.agent(topics.status, name="health")(make_health_agent(health))
     park = make_parker(topics, settings.retry_tiers)
@@ -78,6 +90,10 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
 
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def _revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
+        try:
+            await lane.on_revoked(revoked)
+        except Exception:  # faust would crash the worker on an exception here
+            log.exception("batch lane: handling revoked partitions failed")
         for holder in holders:
             try:
                 holder.on_revoked(revoked)
@@ -86,4 +102,4 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
 
     register_views(app, table)
     register_api(app, table, IntegrationService(table, topics, box, sinks, health), partitions)
-    return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box)
+    return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box, lane=lane)

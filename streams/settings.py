@@ -130,5 +130,10 @@ class Settings:
         return f"{self.app_id}-replay"
 
     @property
+    def batch_lane_group(self) -> str:
+        """The batch lane's consumer group (streams/lane.py): its own positions."""
+        return f"{self.app_id}-batching"
+
+    @property
     def alerts_by_tenant_topic(self) -> str:
         return f"{self.app_id}-alerts-by-tenant"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT, TableT
 
 from schemas.codec import DecodeError, decode_alert
-from schemas.models import DeadLetter, idempotency_key
+from schemas.models import Alert, DeadLetter, idempotency_key
 from streams import metrics
 from streams.delivery import Reporter
 from streams.topics import Topics
@@ -21,6 +22,8 @@ __all__ = [
     "ONLY_HEADER",
     "REDRIVE_HEADER",
     "SOURCE_HEADER",
+    "Route",
+    "RouteRules",
     "make_router",
     "matching",
     "tenant_partition",
@@ -44,30 +47,75 @@ def _header_items(headers: Any) -> list[tuple[str, bytes]]:
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
-def _header(msg: Any, wanted: str) -> bytes | None:
-    for name, value in _header_items(msg.headers):
+def _header(headers: Any, wanted: str) -> bytes | None:
+    for name, value in _header_items(headers):
         if name == wanted and value:
             return bytes(value)
     return None
 
 
-def _source_of(msg: Any, trusted: set[str]) -> tuple[str, int, int] | None:
+def _source_of(
+    topic: str, partition: int, offset: int, headers: Any, trusted: set[str]
+) -> tuple[str, int, int] | None:
     """The original location of an alert that took the detour or is replayed.
 
     Only trusted on the internal topics: on the alerts topic the header could be
     anything a producer chose to send.
     """
-    if msg.topic not in trusted:
+    if topic not in trusted:
         return None
-    for name, value in _header_items(msg.headers):
+    for name, value in _header_items(headers):
         if name == SOURCE_HEADER and value:
             try:
-                topic, _, offset = value.decode().rpartition("/")
-                topic, _, partition = topic.rpartition("/")
-                return topic, int(partition), int(offset)
+                src_topic, _, src_offset = value.decode().rpartition("/")
+                src_topic, _, src_partition = src_topic.rpartition("/")
+                return src_topic, int(src_partition), int(src_offset)
             except (UnicodeDecodeError, ValueError):
                 break
-    return msg.topic, msg.partition, msg.offset
+    return topic, partition, offset
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one alert goes: the configs it matches, and the location that names it."""
+
+    source: tuple[str, int, int]
+    configs: list[dict[str, Any]]
+    redrive: bool
+
+
+@dataclass(frozen=True)
+class RouteRules:
+    """What deciding a route needs besides the alert; the router and the batch lane
+    (streams/lane.py) decide alike."""
+
+    partitions: int
+    detour_topic: str
+    replay_topic: str
+
+    def route(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        headers: Any,
+        alert: Alert,
+        entries: dict[str, Any] | None,
+    ) -> Route | None:
+        """None: read on a partition its tenant's configs are not on (the router sends
+        it to the detour topic, where it is read again with its origin)."""
+        trusted = topic == self.detour_topic or topic == self.replay_topic
+        source = _source_of(topic, partition, offset, headers, {topic}) if trusted else None
+        if source is None and partition != tenant_partition(alert.tenant_id, self.partitions):
+            return None
+        configs = matching(entries, alert.event_type, alert.risk_level)
+        redrive = False
+        if topic == self.replay_topic:
+            only = _header(headers, ONLY_HEADER)
+            if only is not None:
+                configs = [c for c in configs if c["integration_id"].encode() == only]
+            redrive = _header(headers, REDRIVE_HEADER) is not None
+        return Route(source or (topic, partition, offset), configs, redrive)
 
 
 def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> list[dict[str, Any]]:
@@ -94,10 +142,12 @@ def make_router(
     topics: Topics,
     table: TableT,
     reporter: Reporter,
-    partitions: int,
-    known_types: set[str],
-    replay_topic: str,
+    rules: RouteRules,
+    routed_types: set[str],
 ) -> Any:
+    """The router agent; `routed_types` are the types it writes delivery records for
+    (the batching types are the batch lane's: streams/lane.py reads the same alerts)."""
+
     async def dead(event: EventT, reason: str) -> None:
         msg = event.message
         metrics.ALERTS.labels("invalid").inc()
@@ -117,9 +167,6 @@ def make_router(
             )
         )
 
-    detour = topics.alerts_by_tenant.get_topic_name()
-    trusted = {detour, replay_topic}
-
     async def route(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             msg = event.message
@@ -128,9 +175,9 @@ def make_router(
             except DecodeError as exc:
                 await dead(event, str(exc))
                 continue
-            home = tenant_partition(alert.tenant_id, partitions)
-            source = _source_of(msg, trusted)
-            if msg.partition != home and source is None:
+            entries = table.get(alert.tenant_id)
+            plan = rules.route(msg.topic, msg.partition, msg.offset, msg.headers, alert, entries)
+            if plan is None:
                 # Produced with another partitioner: send it to where its configs are,
                 # remembering where it came from (that, not the detour, names it).
                 headers = [
@@ -140,29 +187,25 @@ def make_router(
                 topics.alerts_by_tenant.send_soon(
                     key=alert.tenant_id.encode(),
                     value=msg.value,
-                    partition=home,
+                    partition=tenant_partition(alert.tenant_id, rules.partitions),
                     headers=headers,
                     timestamp=msg.timestamp,
                     force=True,
                 )
                 continue
-            src_topic, src_partition, src_offset = source or (msg.topic, msg.partition, msg.offset)
-            configs = matching(table.get(alert.tenant_id), alert.event_type, alert.risk_level)
-            only = _header(msg, ONLY_HEADER) if msg.topic == replay_topic else None
-            redrive = msg.topic == replay_topic and _header(msg, REDRIVE_HEADER) is not None
-            if only is not None:
-                configs = [c for c in configs if c["integration_id"].encode() == only]
-            if not configs:
-                known = table.get(alert.tenant_id) is not None
-                metrics.ALERTS.labels("no_match" if known else "unknown_tenant").inc()
+            if not plan.configs:
+                metrics.ALERTS.labels("no_match" if entries is not None else "unknown_tenant").inc()
                 continue
             metrics.ALERTS.labels("routed").inc()
-            wire = alert.wire()
+            src_topic, src_partition, src_offset = plan.source
+            wire: dict[str, Any] | None = None
             now = time.time()
-            for config in configs:
+            for config in plan.configs:
                 kind = config["type"]
-                if kind not in known_types:  # a type this build cannot deliver
+                if kind not in routed_types:  # the batch lane's, or a type this build lacks
                     continue
+                if wire is None:
+                    wire = alert.wire()
                 record = {
                     "alert": wire,
                     "integration": config,
@@ -173,7 +216,7 @@ def make_router(
                     "source_offset": src_offset,
                     "routed_at": now,
                     "produced_at": msg.timestamp,
-                    "redrive": redrive,
+                    "redrive": plan.redrive,
                 }
                 topics.delivery[kind].send_soon(
                     key=f"{alert.tenant_id}/{config['integration_id']}".encode(),

@@ -25,16 +25,15 @@ from sinks.base import BatchingSink, PerAlertSink
 from sinks.secretbox import SecretBox
 from streams import metrics
 from streams.acks import OrderedAcks
-from streams.batcher import Batcher, Pending, release_payload
+from streams.batch_writer import BatchWriter
+from streams.batcher import Pending, release_payload
 from streams.breaker import Breakers
 from streams.delivery import (
-    BatchRunner,
     DeliveryRunner,
     Flight,
     Park,
     Reporter,
     dead_letter_for,
-    dead_letter_for_record,
 )
 from streams.settings import Settings
 
@@ -210,15 +209,12 @@ class PerAlertAgent:
 
 
 class BatchingAgent:
-    """Buffers deliveries per integration and writes them when a limit is reached.
+    """Buffers the records of a batching type's delivery topic and writes them.
 
-    Writes run as tasks, so a slow destination does not stop the agent from taking the
-    records of other integrations; batches of one integration and source partition still
-    go one at a time, in order. Memory is capped: when buffered and in-flight records
-    pass `batch_memory_cap` bytes (their estimated size in memory, `record_memory`: a
-    record is its alert's JSON line, the delivery record it came from is not kept),
-    everything held is written and the agent stops taking (faust then pauses fetching)
-    until writes bring it back under the cap. Nothing is dropped.
+    Alerts for batching integrations normally take the batch lane (streams/lane.py) and
+    never reach a delivery topic; this agent empties what is there anyway (records
+    routed by a version before the lane). Each record is acked once the batch holding
+    it is written or dead-lettered, in offset order (`OrderedAcks`).
     """
 
     def __init__(
@@ -227,19 +223,18 @@ class BatchingAgent:
         self.sink = sink
         self.settings = settings
         self.reporter = reporter
-        self.batcher = Batcher(sink.limits)
-        self.runner = BatchRunner(sink, settings.retry, reporter, box)
-        self.topic_name = settings.delivery_topic(sink.type_name)
-        self._order: dict[tuple[str, str, int], asyncio.Lock] = {}
         # Buffers of different integrations flush in any order; acks stay in offset order.
         self._acks = OrderedAcks()
-        self._writing = 0  # estimated bytes of the batches cut and not written yet
-        self._room = asyncio.Event()
-        self._room.set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.writer = BatchWriter(sink, settings, reporter, box, self._done)
+        self.batcher = self.writer.batcher
+        self.topic_name = settings.delivery_topic(sink.type_name)
+
+    def _done(self, slots: list[Any]) -> None:
+        for slot in slots:
+            self._acks.done(slot)
 
     async def agent(self, stream: StreamT[Any]) -> None:
-        settings = self.settings
+        settings, writer = self.settings, self.writer
         async for events in stream.noack_take(settings.take_max, within=settings.take_within):
             ready: list[Pending] = []
             for event in events:
@@ -256,69 +251,23 @@ class BatchingAgent:
                 if pending is not None:
                     ready.append(pending)
             ready.extend(self.batcher.due())
-            self._spawn(ready)
-            if self.held > settings.batch_memory_cap:
-                metrics.BACKPRESSURE.labels(self.sink.type_name).inc()
-                self._spawn(self.batcher.drain())
-                self._room.clear()
-                await self._room.wait()
+            writer.spawn(ready)
+            await writer.wait_for_room()
 
     @property
     def held(self) -> int:
-        """Estimated bytes of the records buffered or being written."""
-        return self.batcher.memory + self._writing
+        return self.writer.held
+
+    async def flush(self, ready: list[Pending]) -> None:
+        await self.writer.flush(ready)
 
     async def tick(self) -> None:
         """Timer: write batches whose time limit passed although no new record came."""
-        self._spawn(self.batcher.due())
-
-    def _spawn(self, ready: list[Pending]) -> None:
-        for pending in ready:
-            self._writing += pending.batch.memory_bytes
-            task = asyncio.create_task(self._write(pending))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def flush(self, ready: list[Pending]) -> None:
-        """Write these batches and wait for them (tests, shutdown)."""
-        if ready:
-            self._writing += sum(p.batch.memory_bytes for p in ready)
-            await asyncio.gather(*(self._write(p) for p in ready))
-
-    async def _write(self, pending: Pending) -> None:
-        # Batches of one integration and source partition are written one at a time, in
-        # the order they were cut: the sinks skip what is at or below the highest offset
-        # stored, so a newer batch landing first would make an older one look written.
-        batch = pending.batch
-        lock = self._order.setdefault(
-            (batch.integration.key, batch.topic, batch.partition), asyncio.Lock()
-        )
-        async with lock:
-            await self._write_now(pending)
-
-    async def _write_now(self, pending: Pending) -> None:
-        try:
-            await self.runner.write(pending.batch)
-        except Exception as exc:  # a bug must still end the batch somewhere visible
-            log.exception("internal error writing a batch for %s", pending.batch.integration.key)
-            reason = f"internal error: {type(exc).__name__}"
-            for record in pending.batch.records:
-                await self.reporter.dead_letter(
-                    dead_letter_for_record(pending.batch, record, reason, 0)
-                )
-        for slot in pending.acks:
-            self._acks.done(slot)
-        self._writing -= pending.batch.memory_bytes
-        self._make_room()
-
-    def _make_room(self) -> None:
-        if self.held <= self.settings.batch_memory_cap * 0.8:
-            self._room.set()
+        self.writer.spawn(self.batcher.due())
 
     def on_revoked(self, revoked: Iterable[TP]) -> None:
         mine = [tp.partition for tp in revoked if tp.topic == self.topic_name]
         self._acks.forget(tp for tp in revoked if tp.topic == self.topic_name)
         if mine:
-            dropped = self.batcher.drop_partitions(mine)
+            dropped = self.writer.drop_partitions(mine)
             log.info("dropped %d %s buffers of revoked partitions", dropped, self.sink.type_name)
-            self._make_room()

@@ -142,11 +142,6 @@ def test_alert_filters() -> None:
 # -- headers ----------------------------------------------------------------------------
 
 
-class _Msg:
-    def __init__(self, topic: str, headers: list[tuple[str, bytes]]) -> None:
-        self.topic, self.partition, self.offset, self.headers = topic, 3, 99, headers
-
-
 def test_replay_headers_name_the_original_location_and_the_integration() -> None:
     assert SOURCE_HEADER == "x-alertrelay-source" and ONLY_HEADER == "x-alertrelay-only"
     original = [
@@ -166,10 +161,9 @@ def test_replay_headers_name_the_original_location_and_the_integration() -> None
         ("x-alertrelay-source", b"my.alerts/x/0/7")
     ]
     # The router reads them back as the alert's first location.
-    msg = _Msg("ar-replay", headers)
-    assert _source_of(msg, {"ar-replay"}) == ("alerts", 2, 41)
-    slashed = _Msg("ar-replay", replay_headers(None, "my.alerts/x", 0, 7))
-    assert _source_of(slashed, {"ar-replay"}) == ("my.alerts/x", 0, 7)
+    assert _source_of("ar-replay", 0, 5, headers, {"ar-replay"}) == ("alerts", 2, 41)
+    slashed = replay_headers(None, "my.alerts/x", 0, 7)
+    assert _source_of("ar-replay", 0, 5, slashed, {"ar-replay"}) == ("my.alerts/x", 0, 7)
 
 
 def test_summary_lines() -> None:
