@@ -6,10 +6,10 @@ status or DLQ record is on the broker before the offset of the alert it reports.
 
 from __future__ import annotations
 
-import orjson
 from faust.types import TopicT
 
 from schemas.models import DeadLetter, DeliveryStatus
+from streams.wire import dumps
 
 __all__ = ["KafkaReporter"]
 
@@ -22,10 +22,10 @@ class KafkaReporter:
     async def status(self, record: DeliveryStatus) -> None:
         self._status.send_soon(
             key=record.tenant_id.encode(),  # by tenant: co-partitioned with the config table
-            value=orjson.dumps(record.model_dump(mode="json")),
+            value=dumps(record.model_dump(mode="json")),  # exact size: it waits queued
             force=True,
         )
 
     async def dead_letter(self, record: DeadLetter) -> None:
         key = (record.tenant_id or "").encode() or None
-        self._dlq.send_soon(key=key, value=orjson.dumps(record.model_dump(mode="json")), force=True)
+        self._dlq.send_soon(key=key, value=dumps(record.model_dump(mode="json")), force=True)
