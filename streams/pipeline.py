@@ -46,7 +46,7 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     topics = Topics.declare(app, settings, partitions, sorted(sinks))
     table = declare_config_table(app, partitions)
     health = declare_health_table(app, partitions)
-    reporter = KafkaReporter(topics.status, topics.dlq)
+    reporter = KafkaReporter(topics.status, topics.dlq, topics.health)
 
     intake, apply = make_config_agents(topics, table, reporter, box)
     app.agent(topics.integrations, name="config-intake")(intake)
@@ -55,7 +55,8 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
         make_router(topics, table, reporter, partitions, set(sinks), settings.replay_topic)
     )
 
-    app.agent(topics.status, name="health")(make_health_agent(health))
+    # Fed by the reporter with the status records that can change health, not all of them.
+    app.agent(topics.health, name="health")(make_health_agent(health))
     park = make_parker(topics, settings.retry_tiers)
     for tier, topic in topics.retry.items():
         app.agent(topic, name=f"retry-{tier}s")(make_retry_agent(topics, tier))
