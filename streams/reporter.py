@@ -12,16 +12,25 @@ Both are keyed by tenant, the health topic co-partitioned with the config table.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from faust.types import TopicT
 
 from schemas.models import DeadLetter, DeliveryStatus
 from streams.agents.health import HealthFeed
+from streams.delivery import StatusValues
 from streams.wire import dumps
 
 __all__ = ["KafkaReporter"]
 
+# `model_dump_json` as bytes of exactly their length (no orjson buffer to trim), in
+# ~1 µs instead of ~1.9 µs for `model_dump(mode="json")` through orjson; the same text.
+_status_json = DeliveryStatus.__pydantic_serializer__.to_json
+
 
 class KafkaReporter:
+    """A `streams.delivery.BatchReporter`: batch records come as plain values."""
+
     def __init__(
         self,
         status_topic: TopicT,
@@ -41,8 +50,20 @@ class KafkaReporter:
             record.outcome.value,
             record.circuit,
             record.at,
-            dumps(record.model_dump(mode="json")),  # exact size: it waits queued
+            _status_json(record),
         )
+
+    async def batch_statuses(self, records: Iterable[StatusValues]) -> None:
+        """Status records of a batch, as `streams.delivery.batch_status_values` makes them."""
+        for values in records:
+            self._send(
+                values["tenant_id"],
+                values["integration_id"],
+                values["outcome"],
+                values["circuit"],
+                values["at"],
+                dumps(values),
+            )
 
     def _send(
         self,

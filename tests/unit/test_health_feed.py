@@ -11,6 +11,7 @@ import pytest
 
 from schemas.models import DeliveryStatus, Outcome
 from streams.agents.health import REFRESH, HealthFeed, fold_status
+from streams.delivery import StatusValues
 from streams.reporter import KafkaReporter
 
 TENANT, IID = "acme", "hook"
@@ -194,3 +195,31 @@ async def test_reporter_writes_every_record_and_forwards_only_changes() -> None:
     assert [orjson.loads(v)["alert_id"] for _k, v in health.sent] == ["a1", "a3", "a4"]
     assert health.sent[1][1] == status_topic.sent[2][1]  # the same bytes, not a variant
     assert dlq.sent == []
+
+
+async def test_batch_values_are_written_as_the_models_json() -> None:
+    status_topic, health = FakeTopic(), FakeTopic()
+    reporter = KafkaReporter(status_topic, FakeTopic(), health)
+    values: list[StatusValues] = [
+        {
+            "alert_id": f"b{i}",
+            "tenant_id": TENANT,
+            "integration_id": "lake",
+            "integration_type": "s3",
+            "idempotency_key": f"ar-b{i}",
+            "attempt": 1,
+            "outcome": "delivered",
+            "http_status": None,
+            "latency_ms": 830.125,
+            "error": None,
+            "at": 1_732_443_823.123456,
+            "next_attempt_at": None,
+            "circuit": None,
+        }
+        for i in range(500)
+    ]
+    await reporter.batch_statuses(iter(values))
+    assert [v for _k, v in status_topic.sent] == [
+        DeliveryStatus.model_validate(v).model_dump_json().encode() for v in values
+    ]
+    assert len(health.sent) == 1  # one success for the whole batch
