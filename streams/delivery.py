@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -33,11 +33,14 @@ from streams import metrics
 from streams.breaker import Breakers
 
 __all__ = [
+    "BatchReporter",
     "BatchRunner",
     "DeliveryRunner",
     "Flight",
     "Park",
     "Reporter",
+    "StatusValues",
+    "batch_status_values",
     "dead_letter_for",
     "dead_letter_for_record",
 ]
@@ -51,6 +54,14 @@ class Reporter(Protocol):
     async def status(self, record: DeliveryStatus) -> None: ...
 
     async def dead_letter(self, record: DeadLetter) -> None: ...
+
+
+@runtime_checkable
+class BatchReporter(Reporter, Protocol):
+    """A Reporter that also takes a batch's status records as plain values (the Kafka
+    one); `BatchRunner` gives any other Reporter a `DeliveryStatus` per alert."""
+
+    async def batch_statuses(self, records: Iterable[StatusValues]) -> None: ...
 
 
 def _dead_letter(
@@ -111,6 +122,53 @@ def dead_letter_for_record(
     )
 
 
+class StatusValues(TypedDict):
+    """A status record as plain values, in `DeliveryStatus` field order (its JSON is the
+    model's JSON): what batch records are reported as, without a model per alert."""
+
+    alert_id: str
+    tenant_id: str
+    integration_id: str
+    integration_type: str
+    idempotency_key: str
+    attempt: int
+    outcome: str
+    http_status: int | None
+    latency_ms: float
+    error: str | None
+    at: float
+    next_attempt_at: float | None
+    circuit: str | None
+
+
+def _status_values(
+    integration: IntegrationConfig,
+    alert_id: str,
+    idempotency_key: str,
+    attempt: int,
+    outcome: Outcome,
+    latency: float,
+    http_status: int | None,
+    error: str | None,
+    at: float,
+) -> StatusValues:
+    return {
+        "alert_id": alert_id,
+        "tenant_id": integration.tenant_id,
+        "integration_id": integration.integration_id,
+        "integration_type": integration.type,
+        "idempotency_key": idempotency_key,
+        "attempt": attempt,
+        "outcome": outcome.value,
+        "http_status": http_status,
+        "latency_ms": round(latency * 1000, 3),
+        "error": error,
+        "at": at,
+        "next_attempt_at": None,
+        "circuit": None,
+    }
+
+
 def _record_status(
     integration: IntegrationConfig,
     record: BatchRecord | Delivery,
@@ -122,19 +180,40 @@ def _record_status(
 ) -> DeliveryStatus:
     """One status record of one alert (of a batch, or of a per-alert delivery)."""
     alert_id = record.alert.alert_id if isinstance(record, Delivery) else record.alert_id
-    return DeliveryStatus(
-        alert_id=alert_id,
-        tenant_id=integration.tenant_id,
-        integration_id=integration.integration_id,
-        integration_type=integration.type,
-        idempotency_key=record.idempotency_key,
-        attempt=attempt,
-        outcome=outcome,
-        http_status=http_status,
-        latency_ms=round(latency * 1000, 3),
-        error=error,
-        at=time.time(),
+    values = _status_values(
+        integration,
+        alert_id,
+        record.idempotency_key,
+        attempt,
+        outcome,
+        latency,
+        http_status,
+        error,
+        time.time(),
     )
+    return DeliveryStatus.model_validate(values)
+
+
+def batch_status_values(
+    batch: Batch,
+    attempt: int,
+    outcome: Outcome,
+    latency: float,
+    http_status: int | None,
+    error: str | None,
+    at: float,
+) -> Iterator[StatusValues]:
+    """The status records of one attempt at a whole batch, one per alert, lazily.
+
+    Only the alert id and the idempotency key differ between them: ~0.2 µs each instead
+    of a validated `DeliveryStatus` (~2.6 µs) and its `model_dump` (~1.9 µs).
+    """
+    base = _status_values(
+        batch.integration, "", "", attempt, outcome, latency, http_status, error, at
+    )
+    for record in batch.records:
+        # Keys already in `base` keep their place: the field order stays the schema's.
+        yield {**base, "alert_id": record.alert_id, "idempotency_key": record.idempotency_key}
 
 
 def _status(
@@ -455,13 +534,18 @@ class BatchRunner:
                 )
                 metrics.record_attempt(kind, outcome.value, latency, count=len(batch.records))
                 now = time.time()
+                if err is None:
+                    observe = metrics.END_TO_END.labels(kind).observe
+                    for record in batch.records:
+                        if record.produced_at:
+                            observe(max(0.0, now - record.produced_at))
                 message = err.message if err else None
-                for record in batch.records:
-                    if err is None and record.produced_at:
-                        metrics.END_TO_END.labels(kind).observe(max(0.0, now - record.produced_at))
-                    await self.reporter.status(
-                        _record_status(integration, record, n, outcome, latency, status, message)
-                    )
+                values = batch_status_values(batch, n, outcome, latency, status, message, now)
+                if isinstance(self.reporter, BatchReporter):
+                    await self.reporter.batch_statuses(values)
+                else:
+                    for one in values:
+                        await self.reporter.status(DeliveryStatus.model_validate(one))
 
             error, attempts = await _with_retry(self.policy, attempt, on_attempt, prepared.redact)
         if error is None:

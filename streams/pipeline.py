@@ -48,7 +48,7 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     topics = Topics.declare(app, settings, partitions, sorted(sinks))
     table = declare_config_table(app, partitions)
     health = declare_health_table(app, partitions)
-    reporter = KafkaReporter(topics.status, topics.dlq)
+    reporter = KafkaReporter(topics.status, topics.dlq, topics.health)
 
     intake, apply = make_config_agents(topics, table, reporter, box)
     app.agent(topics.integrations, name="config-intake")(intake)
@@ -67,7 +67,8 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     async def _rebalanced(_app: Any, **_kw: Any) -> None:
         lane.on_assigned(app.consumer.assignment())
 
-    app.agent(topics.status, name="health")(make_health_agent(health))
+    # Fed by the reporter with the status records that can change health, not all of them.
+    app.agent(topics.health, name="health")(make_health_agent(health))
     park = make_parker(topics, settings.retry_tiers)
     for tier, topic in topics.retry.items():
         app.agent(topic, name=f"retry-{tier}s")(make_retry_agent(topics, tier))

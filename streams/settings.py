@@ -137,3 +137,9 @@ class Settings:
     @property
     def alerts_by_tenant_topic(self) -> str:
         return f"{self.app_id}-alerts-by-tenant"
+
+    @property
+    def health_topic(self) -> str:
+        """The status records that can change an integration's health (the health table's
+        input; the delivery-status topic, which has every attempt, is for users)."""
+        return f"{self.app_id}-health"

@@ -25,5 +25,5 @@ def declare_config_table(app: faust.App, partitions: int) -> TableT:
 
 
 def declare_health_table(app: faust.App, partitions: int) -> TableT:
-    """tenant_id -> {integration_id: health}, folded from the delivery-status topic."""
+    """tenant_id -> {integration_id: health}, folded from the internal health topic."""
     return app.Table("health", default=None, partitions=partitions, help="integration health")

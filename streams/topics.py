@@ -46,6 +46,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
         settings.configs_by_tenant_topic: {},
         settings.alerts_by_tenant_topic: {},
         settings.replay_topic: {},
+        settings.health_topic: {},
         **{settings.delivery_topic(t): {} for t in types},
         **{settings.retry_topic(t): {} for t in settings.retry_tiers},
     }
@@ -66,7 +67,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
         settings.configs_by_tenant_topic,
         settings.alerts_by_tenant_topic,
         settings.replay_topic,
-        settings.topic_status,  # feeds the health table, co-partitioned by tenant
+        settings.health_topic,  # feeds the health table, co-partitioned by tenant
     ):
         topic = existing.get(name)
         if topic is not None and topic.partitions and len(topic.partitions) != partitions:
@@ -84,6 +85,7 @@ class Topics:
     integrations: TopicT
     configs_by_tenant: TopicT
     status: TopicT
+    health: TopicT
     dlq: TopicT
     delivery: dict[str, TopicT]
     retry: dict[int, TopicT]
@@ -113,6 +115,7 @@ class Topics:
             integrations=raw(settings.topic_integrations, compacting=True, deleting=False),
             configs_by_tenant=raw(settings.configs_by_tenant_topic, partitions=partitions),
             status=raw(settings.topic_status),
+            health=raw(settings.health_topic, partitions=partitions),
             dlq=raw(settings.topic_dlq),
             delivery={t: raw(settings.delivery_topic(t), partitions=partitions) for t in types},
             retry={

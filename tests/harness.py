@@ -77,6 +77,11 @@ class TopicSet:
     def dlq(self) -> str:
         return f"{self.prefix}-dlq"
 
+    @property
+    def health(self) -> str:
+        """The worker's internal health feed (what its health table folds)."""
+        return f"{self.app_id}-health"
+
     def env(self) -> dict[str, str]:
         return {
             "ALERTRELAY_APP_ID": self.app_id,

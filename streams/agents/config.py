@@ -23,6 +23,7 @@ from sinks.secretbox import SecretBox, SecretBoxError
 from streams import metrics
 from streams.delivery import Reporter
 from streams.topics import Topics
+from streams.wire import dumps
 
 __all__ = ["apply_change", "make_config_agents"]
 
@@ -140,9 +141,8 @@ def make_config_agents(
                 # From here on (table, changelog, delivery topics) secrets stay sealed.
                 stored["settings"] = box.seal_settings(settings, config.key)
                 change = {"integration_id": iid, "version": config.version, "config": stored}
-            topics.configs_by_tenant.send_soon(
-                key=tenant.encode(), value=orjson.dumps(change), force=True
-            )
+            # `dumps`: an exact-size copy, as the record waits in the producer buffer.
+            topics.configs_by_tenant.send_soon(key=tenant.encode(), value=dumps(change), force=True)
 
     async def apply(stream: StreamT[Any]) -> None:
         async for event in stream.events():

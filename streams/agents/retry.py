@@ -18,6 +18,7 @@ from faust.types import StreamT
 from schemas.models import Delivery
 from sinks.retry import tier_for
 from streams.topics import Topics
+from streams.wire import dumps
 
 __all__ = ["make_parker", "make_retry_agent"]
 
@@ -28,7 +29,7 @@ def make_parker(topics: Topics, tiers: tuple[int, ...]) -> Any:
     async def park(delivery: Delivery, delay: float) -> None:
         topics.retry[tier_for(delay, tiers)].send_soon(
             key=delivery.integration.key.encode(),
-            value=orjson.dumps(delivery.model_dump(mode="json")),
+            value=dumps(delivery.model_dump(mode="json")),  # waits queued: exact size
             force=True,
         )
 

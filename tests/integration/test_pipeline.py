@@ -90,6 +90,11 @@ def raw_values(bootstrap: str, topic: str) -> list[bytes]:
     return values
 
 
+def raw_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every record of a topic, as JSON (read until it has been idle for 2 s)."""
+    return [json.loads(v) for v in raw_values(bootstrap, topic)]
+
+
 def ids(requests: list[Any]) -> set[str]:
     return {r.json()["alert_id"] for r in requests}
 
@@ -179,6 +184,16 @@ def test_retryable_failures_then_exactly_one_success(
     assert [r["outcome"] for r in mine] == ["retrying"] * 3 + ["delivered"]
     assert [r["http_status"] for r in mine] == [503, 503, 503, 200]
     assert len({r.headers["Idempotency-Key"] for r in requests}) == 1
+    # The health feed has every failure and the success after them, as they are.
+    fed = consume(
+        kafka_bootstrap,
+        topics.health,
+        min_count=4,
+        until=lambda rs: len([r for r in rs if r["alert_id"] == "retry-me"]) >= 4,
+    )
+    assert (
+        sorted((r for r in fed if r["alert_id"] == "retry-me"), key=lambda r: r["attempt"]) == mine
+    )
 
 
 def test_permanent_error_goes_to_dlq_without_secrets(
@@ -398,6 +413,20 @@ def test_s3_batches_by_count_and_time_with_deterministic_names(
         assert key.startswith(f"alertrelay/{tenant}/lake/dt=")
         assert name.startswith(f"{topics.alerts}+{partition}+") and name.endswith(".jsonl.gz")
     assert max(len(v) for v in stored.values()) <= 10  # the count limit
+
+    # One status record per alert; the health feed needs only a success now and then.
+    def lake(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if r["integration_id"] == "lake"]
+
+    statuses = consume(
+        kafka_bootstrap,
+        topics.status,
+        min_count=len(alerts),
+        until=lambda rs: {r["alert_id"] for r in lake(rs)} >= expected,
+    )
+    assert all(r["outcome"] == "delivered" for r in lake(statuses))
+    fed = lake(raw_json(kafka_bootstrap, topics.health))
+    assert 1 <= len(fed) < len(alerts) and all(r in statuses for r in fed)
 
     # A replay of the same alerts leaves the object set unchanged.
     from click.testing import CliRunner

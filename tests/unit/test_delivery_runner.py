@@ -10,9 +10,10 @@ import asyncio
 import datetime as dt
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -30,7 +31,14 @@ from sinks.errors import PermanentError, RetryableError
 from sinks.retry import RetryPolicy
 from sinks.secretbox import SecretBox, generate_key_spec
 from sinks.webhook.config import WebhookSettings
-from streams.delivery import BatchRunner, DeliveryRunner, _status, dead_letter_for
+from streams.delivery import (
+    BatchReporter,
+    BatchRunner,
+    DeliveryRunner,
+    StatusValues,
+    _status,
+    dead_letter_for,
+)
 
 URL_SECRET = "T0001-B0002-xoxb-very-secret-path"
 WEBHOOK_URL = f"https://hooks.example.com/services/{URL_SECRET}"
@@ -419,6 +427,37 @@ async def test_batch_status_and_dead_letters_are_those_of_the_full_deliveries() 
     ]
     assert got == expected
     assert reporter.dead_letters[0].alert == deliveries[0].alert
+
+
+class ValuesRecorder(Recorder):
+    """A BatchReporter, as the Kafka one is: a batch's status records come as values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[StatusValues] = []
+
+    async def batch_statuses(self, records: Iterable[StatusValues]) -> None:
+        self.values.extend(records)
+
+
+async def test_a_batch_reporter_gets_values_that_are_the_models_records() -> None:
+    """The plain values of a batch's status records are, field for field and in JSON
+    byte for byte, the `DeliveryStatus` records any other Reporter gets."""
+    plain, bulk = Recorder(), ValuesRecorder()
+    assert isinstance(bulk, BatchReporter) and not isinstance(plain, BatchReporter)
+    for reporter in (plain, bulk):
+        sink = FakeBucket(fail(lambda: RetryableError("throttled", status=503)), ok(200))
+        assert await BatchRunner(sink, POLICY, reporter, BOX).write(make_batch(3)) == (
+            Outcome.DELIVERED
+        )
+    assert bulk.statuses == [] and len(bulk.values) == len(plain.statuses) == 6
+    volatile = {"at", "latency_ms"}
+    for values, model in zip(bulk.values, plain.statuses, strict=True):
+        assert list(values) == list(DeliveryStatus.model_fields)  # the schema's field order
+        as_model = DeliveryStatus.model_validate(values)
+        assert as_model.model_dump(exclude=volatile) == model.model_dump(exclude=volatile)
+        assert orjson.dumps(values) == as_model.model_dump_json().encode()
+    assert len({v["at"] for v in bulk.values[:3]}) == 1  # one attempt, one time
 
 
 async def test_batch_invalid_settings_dead_letters_without_attempts() -> None:
