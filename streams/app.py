@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import faust
 from faust.types import TransportT
 
@@ -18,6 +20,8 @@ class AlertrelayApp(faust.App):  # type: ignore[misc]
     """Compacted topics: holes in their offsets are normal, not records skipped."""
     fetch_max_wait_ms: int | None = None
     """How long the broker may hold a fetch with nothing to return (faust: 1 500 ms)."""
+    extra_flushes: tuple[Callable[[], Awaitable[None]], ...] = ()
+    """Other producers whose records must be on the broker before any commit."""
 
     def _new_transport(self) -> TransportT:
         return Transport(self.conf.broker_consumer, self)

@@ -20,6 +20,7 @@ from streams.agents.sinks import BatchingAgent, PerAlertAgent
 from streams.api.integrations import IntegrationService
 from streams.api.views import register_api, register_views
 from streams.app import create_app
+from streams.direct_producer import DirectProducer
 from streams.lane import BatchLane
 from streams.reporter import KafkaReporter
 from streams.settings import Settings
@@ -48,7 +49,12 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     topics = Topics.declare(app, settings, partitions, sorted(sinks))
     table = declare_config_table(app, partitions)
     health = declare_health_table(app, partitions)
-    reporter = KafkaReporter(topics.status, topics.dlq, topics.health)
+    # Status records (one per attempt) go through librdkafka; faust flushes it before commits.
+    direct = DirectProducer(settings.bootstrap_servers, f"{settings.app_id}-status")
+    app.extra_flushes = (direct.flush,)
+    reporter = KafkaReporter(
+        direct.topic(settings.topic_status), topics.dlq, direct.topic(settings.health_topic)
+    )
 
     intake, apply = make_config_agents(topics, table, reporter, box)
     app.agent(topics.integrations, name="config-intake")(intake)

@@ -1,6 +1,7 @@
 """Writes delivery-status and DLQ records to Kafka without a round-trip per record.
 
-`send_soon` only buffers; faust flushes the producer before it commits any offset, so a
+`send_soon` only buffers; faust flushes the producer before it commits any offset (and
+ours flushes the librdkafka one of status records too: streams/direct_producer.py), so a
 status or DLQ record is on the broker before the offset of the alert it reports.
 
 Every status record goes to the status topic (one per attempt: the users' contract).
@@ -13,8 +14,7 @@ Both are keyed by tenant, the health topic co-partitioned with the config table.
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from faust.types import TopicT
+from typing import Protocol
 
 from schemas.models import DeadLetter, DeliveryStatus
 from streams.agents.health import HealthFeed
@@ -28,14 +28,20 @@ __all__ = ["KafkaReporter"]
 _status_json = DeliveryStatus.__pydantic_serializer__.to_json
 
 
+class RecordTopic(Protocol):
+    """What the reporter needs of a topic: faust's, or a `DirectTopic` on librdkafka."""
+
+    def send_soon(self, *, key: bytes | None, value: bytes, force: bool = ...) -> object: ...
+
+
 class KafkaReporter:
     """A `streams.delivery.BatchReporter`: batch records come as plain values."""
 
     def __init__(
         self,
-        status_topic: TopicT,
-        dlq_topic: TopicT,
-        health_topic: TopicT,
+        status_topic: RecordTopic,
+        dlq_topic: RecordTopic,
+        health_topic: RecordTopic,
         feed: HealthFeed | None = None,
     ) -> None:
         self._status = status_topic

@@ -24,6 +24,8 @@ class DrainingProducer(faust_aiokafka.Producer):  # type: ignore[misc]
         while self.buffer.size:
             await self.buffer.flush()
         await super().flush()
+        for flush in getattr(self.app, "extra_flushes", ()):  # streams.direct_producer
+            await flush()
 
 
 class Transport(faust_aiokafka.Transport):  # type: ignore[misc]

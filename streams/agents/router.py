@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT, TableT
 
 from schemas.codec import DecodeError, decode_alert
-from schemas.models import Alert, DeadLetter, idempotency_key
+from schemas.models import RISK_ORDER, Alert, DeadLetter, idempotency_key
 from streams import metrics
 from streams.delivery import Reporter
 from streams.topics import Topics
+from streams.wire import dumps
 
 __all__ = [
     "ONLY_HEADER",
@@ -36,9 +37,15 @@ REDRIVE_HEADER = "x-alertrelay-redrive"  # from the DLQ: known not to be deliver
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=65536)
 def tenant_partition(tenant_id: str, partitions: int) -> int:
-    """Where Kafka's default (murmur2) partitioner puts a tenant: where its configs live."""
+    """Where Kafka's default (murmur2) partitioner puts a tenant: where its configs live.
+    (Cached: aiokafka's murmur2 is pure Python and every alert asks.)"""
     return int(murmur2(tenant_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+# Risk levels by their wire value: the table holds configs as plain JSON values.
+_LEVEL = {level.value: order for level, order in RISK_ORDER.items()}
 
 
 def _header_items(headers: Any) -> list[tuple[str, bytes]]:
@@ -120,11 +127,9 @@ class RouteRules:
 
 def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> list[dict[str, Any]]:
     """Configs (as stored) of enabled integrations whose filters let this alert through."""
-    from schemas.models import RISK_ORDER, RiskLevel
-
     if not entries:
         return []
-    level = RISK_ORDER[RiskLevel(risk)]
+    level = _LEVEL[risk]
     out = []
     for entry in entries.values():
         config = entry["config"]
@@ -132,7 +137,7 @@ def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> lis
             config is not None
             and config["enabled"]
             and alert_event in config["event_types"]
-            and RISK_ORDER[RiskLevel(config["min_risk_level"])] <= level
+            and _LEVEL[config["min_risk_level"]] <= level
         ):
             out.append(config)
     return out
@@ -220,7 +225,7 @@ def make_router(
                 }
                 topics.delivery[kind].send_soon(
                     key=f"{alert.tenant_id}/{config['integration_id']}".encode(),
-                    value=orjson.dumps(record),
+                    value=dumps(record),
                     force=True,
                 )
                 metrics.ROUTED.labels(kind).inc()

@@ -1,0 +1,91 @@
+"""A librdkafka producer for the records we write one per delivery attempt: status
+records and the health feed.
+
+Why not faust's producer: each `send_soon` there is a trip through faust's
+`ProducerBuffer` (one message per `await`) and aiokafka's pure-Python record batching,
+~30-50 µs of the event loop per record, and once 100 are pending every consumer waits
+for the buffer to drain (bench/analysis.md). librdkafka takes a record in ~1-2 µs and
+batches, compresses and sends it on its own threads.
+
+The guarantee stays the one faust gave: a record is on the broker before the offset of
+the alert it reports is committed. faust flushes its producer before every commit, and
+our `DrainingProducer.flush` (streams/transport.py) flushes this one too; the batch lane
+flushes both before its own commits. DLQ records stay on faust's producer: they are few,
+and a DLQ record that failed to send must not go unnoticed behind a committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+__all__ = ["DirectProducer", "DirectTopic"]
+
+log = logging.getLogger(__name__)
+
+
+class DirectProducer:
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "client.id": client_id,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                # Bounded: past this, `send` waits for room (status records are ~400 B).
+                "queue.buffering.max.messages": 200_000,
+                "queue.buffering.max.kbytes": 64 * 1024,
+            },
+            logger=log,
+        )
+        self.failed = 0
+        self._stop = threading.Event()
+        # Delivery reports are served by poll(); without a poller they pile up.
+        self._poller = threading.Thread(target=self._poll, name="direct-producer", daemon=True)
+        self._poller.start()
+
+    def topic(self, name: str) -> DirectTopic:
+        return DirectTopic(self, name)
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._delivered)
+                return
+            except BufferError:  # the queue is full: let librdkafka send some first
+                self._producer.poll(0.05)
+
+    async def flush(self) -> None:
+        """Until every record sent so far is on the broker (or failed and was logged)."""
+        while await asyncio.to_thread(self._producer.flush, 5.0):
+            log.warning("status records are still waiting for the broker")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._poller.join(timeout=2)
+        self._producer.flush(10.0)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            log.error("a record for %s was not written: %s", msg.topic(), err.str())
+
+
+class DirectTopic:
+    """The one method of a faust topic that `KafkaReporter` uses, on a `DirectProducer`."""
+
+    def __init__(self, producer: DirectProducer, name: str) -> None:
+        self._producer = producer
+        self.name = name
+
+    def send_soon(self, *, key: bytes | None, value: bytes, force: bool = True) -> None:
+        self._producer.send(self.name, key, value)
