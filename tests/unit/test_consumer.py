@@ -150,6 +150,23 @@ async def test_the_producer_flush_before_a_commit_empties_the_whole_buffer(
     assert producer.buffer.flushes >= 3  # faust's own flush: once
 
 
+async def test_the_flush_before_a_commit_also_flushes_the_status_producer(
+    tmp_path: Path,
+) -> None:
+    """Status records go through librdkafka (streams/direct_producer.py): they must be on
+    the broker before the offsets of the alerts they report, like faust's own records."""
+    app = create_app(Settings(data_dir=tmp_path), 4)
+    flushed: list[str] = []
+
+    async def status_flush() -> None:
+        flushed.append("status")
+
+    app.extra_flushes = (status_flush,)
+    app.producer.buffer = _SlowBuffer(pending=1)
+    await app.producer.flush()
+    assert flushed == ["status"]
+
+
 def test_records_fetched_but_not_handed_over_count_as_read_again() -> None:
     guard = ReadGuard()
     guard.positioned(A, 8)
