@@ -39,7 +39,7 @@ class DirectProducer:
                 "linger.ms": 5,
                 # Bounded: past this, `send` waits for room (status records are ~400 B).
                 "queue.buffering.max.messages": 200_000,
-                "queue.buffering.max.kbytes": 64 * 1024,
+                "queue.buffering.max.kbytes": 16 * 1024,
             },
             logger=log,
         )

@@ -61,7 +61,7 @@ Handle = tuple[int, TopicPart, int]  # lane epoch, partition read, offset read
 T = TypeVar("T")
 
 READ_MAX = 5000  # records per read from librdkafka's queue
-PREFETCH_KB = 16 * 1024  # what librdkafka may hold fetched ahead of us (per lane)
+PREFETCH_KB = 8 * 1024  # what librdkafka may hold fetched ahead of us (per lane)
 
 
 @dataclass

@@ -62,7 +62,7 @@ class Settings:
     per_integration_concurrency: int = 4
     per_integration_backlog: int = 200
     max_in_flight: int = 2000
-    batch_memory_cap: int = 128 * 1024 * 1024  # estimated bytes held per batching sink
+    batch_memory_cap: int = 64 * 1024 * 1024  # estimated bytes held per batching sink
     commit_interval: float = 1.0
     fetch_max_wait_ms: int = 100
     session_timeout: float = 10.0
