@@ -1,5 +1,5 @@
-"""A librdkafka producer for the records we write one per delivery attempt: status
-records and the health feed.
+"""A librdkafka producer for the records we write one per alert or attempt: the router's
+delivery records, status records and the health feed.
 
 Why not faust's producer: each `send_soon` there is a trip through faust's
 `ProducerBuffer` (one message per `await`) and aiokafka's pure-Python record batching,
@@ -10,8 +10,8 @@ batches, compresses and sends it on its own threads.
 The guarantee stays the one faust gave: a record is on the broker before the offset of
 the alert it reports is committed. faust flushes its producer before every commit, and
 our `DrainingProducer.flush` (streams/transport.py) flushes this one too; the batch lane
-flushes both before its own commits. DLQ records stay on faust's producer: they are few,
-and a DLQ record that failed to send must not go unnoticed behind a committed offset.
+flushes both before its own commits. Delivery records use a `strict` producer: one the
+broker did not take stops the commit. DLQ records stay on faust's producer (they are few).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 __all__ = ["DirectProducer", "DirectTopic"]
 
@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class DirectProducer:
-    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+    """`strict`: a record the broker never took makes the next `flush` raise, so no
+    offset is committed past it (faust then stops the worker, and its restart reads
+    again from the last commit). Without it (status records, informational) the loss
+    is logged and counted."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str, *, strict: bool = False) -> None:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap_servers,
@@ -37,16 +42,22 @@ class DirectProducer:
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 5,
-                # Bounded: past this, `send` waits for room (status records are ~400 B).
+                # Keys land where Kafka's Java clients and aiokafka would put them.
+                "partitioner": "murmur2_random",
+                # Bounded: past this, `send` waits for room.
                 "queue.buffering.max.messages": 200_000,
                 "queue.buffering.max.kbytes": 16 * 1024,
+                # A report per record would be a Python call per record: failures only.
+                "delivery.report.only.error": True,
             },
             logger=log,
         )
+        self.strict = strict
         self.failed = 0
+        self._raised = 0
         self._stop = threading.Event()
         # Delivery reports are served by poll(); without a poller they pile up.
-        self._poller = threading.Thread(target=self._poll, name="direct-producer", daemon=True)
+        self._poller = threading.Thread(target=self._poll, name=client_id, daemon=True)
         self._poller.start()
 
     def topic(self, name: str) -> DirectTopic:
@@ -63,7 +74,10 @@ class DirectProducer:
     async def flush(self) -> None:
         """Until every record sent so far is on the broker (or failed and was logged)."""
         while await asyncio.to_thread(self._producer.flush, 5.0):
-            log.warning("status records are still waiting for the broker")
+            log.warning("records are still waiting for the broker")
+        if self.strict and self.failed > self._raised:
+            self._raised = self.failed
+            raise KafkaException(f"{self.failed} records were not written: not committing")
 
     def close(self) -> None:
         self._stop.set()

@@ -49,9 +49,11 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     topics = Topics.declare(app, settings, partitions, sorted(sinks))
     table = declare_config_table(app, partitions)
     health = declare_health_table(app, partitions)
-    # Status records (one per attempt) go through librdkafka; faust flushes it before commits.
+    # Delivery and status records (one per alert, one per attempt) go through librdkafka;
+    # faust flushes both producers before every commit (streams/direct_producer.py).
     direct = DirectProducer(settings.bootstrap_servers, f"{settings.app_id}-status")
-    app.extra_flushes = (direct.flush,)
+    routed = DirectProducer(settings.bootstrap_servers, f"{settings.app_id}-router", strict=True)
+    app.extra_flushes = (direct.flush, routed.flush)
     reporter = KafkaReporter(
         direct.topic(settings.topic_status), topics.dlq, direct.topic(settings.health_topic)
     )
@@ -62,7 +64,13 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     rules = RouteRules(partitions, settings.alerts_by_tenant_topic, settings.replay_topic)
     per_alert_types = {k for k, s in sinks.items() if isinstance(s, PerAlertSink)}
     app.agent(topics.alerts, name="router")(
-        make_router(topics, table, reporter, rules, per_alert_types)
+        make_router(
+            topics,
+            table,
+            reporter,
+            rules,
+            {k: routed.topic(settings.delivery_topic(k)) for k in per_alert_types},
+        )
     )
     # Alerts for batching integrations take the batch lane instead of a delivery topic.
     batching = {k: s for k, s in sinks.items() if isinstance(s, BatchingSink)}

@@ -6,6 +6,7 @@ import base64
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from schemas.codec import DecodeError, decode_alert
 from schemas.models import RISK_ORDER, Alert, DeadLetter, idempotency_key
 from streams import metrics
 from streams.delivery import Reporter
+from streams.reporter import RecordTopic
 from streams.topics import Topics
 from streams.wire import dumps
 
@@ -148,10 +150,10 @@ def make_router(
     table: TableT,
     reporter: Reporter,
     rules: RouteRules,
-    routed_types: set[str],
+    delivery_out: Mapping[str, RecordTopic],
 ) -> Any:
-    """The router agent; `routed_types` are the types it writes delivery records for
-    (the batching types are the batch lane's: streams/lane.py reads the same alerts)."""
+    """The router agent. `delivery_out` are the delivery topics it writes to, by type
+    (per-alert types only: the batching ones are the batch lane's, streams/lane.py)."""
 
     async def dead(event: EventT, reason: str) -> None:
         msg = event.message
@@ -207,7 +209,8 @@ def make_router(
             now = time.time()
             for config in plan.configs:
                 kind = config["type"]
-                if kind not in routed_types:  # the batch lane's, or a type this build lacks
+                out = delivery_out.get(kind)
+                if out is None:  # the batch lane's, or a type this build lacks
                     continue
                 if wire is None:
                     wire = alert.wire()
@@ -223,7 +226,7 @@ def make_router(
                     "produced_at": msg.timestamp,
                     "redrive": plan.redrive,
                 }
-                topics.delivery[kind].send_soon(
+                out.send_soon(
                     key=f"{alert.tenant_id}/{config['integration_id']}".encode(),
                     value=dumps(record),
                     force=True,
