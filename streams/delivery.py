@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
@@ -271,10 +271,17 @@ async def _turn(gate: asyncio.Semaphore, flight: Flight) -> None:
 class _Prepared:
     settings: BaseModel
     redact: Redactor
+    source: Mapping[str, Any]  # the stored (sealed) settings these were prepared from
 
 
 class _SettingsCache:
-    """Opened and parsed settings per (integration, config version): not per alert."""
+    """Opened and parsed settings per (integration, config version): not per alert.
+
+    An entry serves only the very settings it was prepared from (the same object, as
+    records read with a shared config snapshot carry, or equal ones): a record claiming
+    a version whose settings it does not hold, e.g. one produced by hand to a delivery
+    topic, is never delivered with another record's settings, nor they with its.
+    """
 
     def __init__(self, sink: Sink[Any], box: SecretBox) -> None:
         self._sink = sink
@@ -288,14 +295,16 @@ class _SettingsCache:
     def prepare(self, integration: IntegrationConfig, config_version: int) -> _Prepared:
         """The same for a config snapshot and its version (a batch holds one)."""
         key = (integration.key, config_version)
+        source = integration.settings
         prepared = self._cache.get(key)
-        if prepared is None:
-            opened = self._box.open_settings(integration.settings, integration.key)
-            settings = self._sink.parse_settings(opened)
-            prepared = _Prepared(settings, self._sink.redactor(settings))
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = prepared
+        if prepared is not None and (prepared.source is source or prepared.source == source):
+            return prepared
+        opened = self._box.open_settings(source, integration.key)
+        settings = self._sink.parse_settings(opened)
+        prepared = _Prepared(settings, self._sink.redactor(settings), source)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = prepared
         return prepared
 
 
