@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 MAX_TEXT = 64 * 1024
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
 class EventType(StrEnum):
@@ -71,9 +72,7 @@ class Alert(BaseModel):
     @field_validator("detected_at", mode="before")
     @classmethod
     def _rfc3339_text(cls, value: object) -> object:
-        if isinstance(value, datetime) or (
-            isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}", value)
-        ):
+        if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339_START.match(value)):
             return value
         raise ValueError("detected_at must be an RFC 3339 date-time string")
 

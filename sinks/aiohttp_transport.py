@@ -226,6 +226,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple[float | None, ...], tuple[aiohttp.ClientTimeout, float | None]]
         self._timeouts = {}
+        self._literals_allowed: set[str] = set()
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -279,14 +280,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return cached
 
     def _check_literal(self, host: str) -> None:
-        """aiohttp connects to an IP literal without asking the resolver: check it here."""
-        if not host or not (host[-1].isdigit() or ":" in host):
+        """aiohttp connects to an IP literal without asking the resolver: check it here.
+
+        A literal the guard let through is remembered (the guard's allow list does not
+        change), so a destination by IP is not parsed and checked again on every request.
+        """
+        if not host or host in self._literals_allowed or not (host[-1].isdigit() or ":" in host):
             return
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return
         self._guard.check(ip, host)
+        if len(self._literals_allowed) >= 1024:
+            self._literals_allowed.clear()
+        self._literals_allowed.add(host)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url

@@ -91,15 +91,20 @@ class HostOverrides:
     changes: configured URLs are still validated strictly elsewhere.
     """
 
-    __slots__ = ("_exact", "_wildcards")
+    __slots__ = ("_exact", "_rewritten", "_wildcards")
+
+    _REWRITTEN_MAX = 4096
 
     def __init__(self, mapping: dict[str, str] | None = None) -> None:
         self._exact: dict[str, httpx.URL] = {}
         self._wildcards: list[tuple[str, httpx.URL]] = []
+        # URL text -> its rewritten URL (None: not overridden); oldest first.
+        self._rewritten: dict[str, httpx.URL | None] = {}
         for host, base in (mapping or {}).items():
             self._add(host, base)
 
     def _add(self, host: str, base: str) -> None:
+        self._rewritten.clear()
         key = host.strip().lower().rstrip(".")
         if not _OVERRIDE_HOST.match(key):
             raise ValueError(f"{HOST_OVERRIDES_ENV}: {host!r} is not a host name or *.domain")
@@ -162,12 +167,24 @@ class HostOverrides:
 
     def rewrite(self, url: httpx.URL) -> httpx.URL:
         """`url` sent to its override base (path prefix joined, path and query kept);
-        `url` itself when its host is not overridden."""
+        `url` itself when its host is not overridden.
+
+        Remembered per URL: building the new URL costs ~15 us, and a webhook integration
+        sends every alert to the same URL (httpx.URL is immutable, so sharing is safe)."""
+        text = str(url)
+        if text in self._rewritten:
+            target = self._rewritten[text]
+            return url if target is None else target
         base = self.base_for(url.raw_host.decode("ascii"))
-        if base is None:
-            return url
-        prefix = base.raw_path.rstrip(b"/")
-        return base.copy_with(raw_path=prefix + (url.raw_path or b"/"))
+        if base is not None:
+            prefix = base.raw_path.rstrip(b"/")
+            target = base.copy_with(raw_path=prefix + (url.raw_path or b"/"))
+        else:
+            target = None
+        if len(self._rewritten) >= self._REWRITTEN_MAX:
+            del self._rewritten[next(iter(self._rewritten))]
+        self._rewritten[text] = target
+        return url if target is None else target
 
 
 class _OverrideTransport(httpx.AsyncBaseTransport):

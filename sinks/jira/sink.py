@@ -215,8 +215,11 @@ class JiraSink(SearchThenCreateSink[JiraSettings]):
         raw = f"{settings.reporter_email}:{settings.api_token.get_secret_value()}"
         return base64.b64encode(raw.encode("utf-8")).decode("ascii")
 
-    def _redactor(self, settings: JiraSettings) -> Redactor:
-        return Redactor([*self.secrets(settings), self._credentials(settings)])
+    def secrets(self, settings: JiraSettings) -> list[str]:
+        """The Basic credentials too (base64 of email:token, as they travel), so the
+        redactor built once per settings object hides them: it used to be built again
+        for every alert, and the runner's own redactor missed them."""
+        return [*super().secrets(settings), self._credentials(settings)]
 
     def _headers(self, settings: JiraSettings) -> dict[str, str]:
         return {

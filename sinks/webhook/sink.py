@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import ssl
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -163,6 +164,18 @@ def _certificate_refusal(exc: BaseException) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What a delivery needs from its settings besides the alert, worked out once per
+    settings object (the runner parses settings once per integration and version)."""
+
+    settings: WebhookSettings  # pins the id the entry is found by
+    redact: Redactor
+    what: str  # "webhook <scheme://host>": how messages name the destination
+    client: httpx.AsyncClient | None
+    client_error: str | None  # why there is no client (an unusable certificate), redacted
+
+
 class WebhookSink(PerAlertSink[WebhookSettings]):
     type_name = "webhook"
     settings_model = WebhookSettings
@@ -171,6 +184,7 @@ class WebhookSink(PerAlertSink[WebhookSettings]):
         self._ctx = ctx
         self._client = build_client(overrides=ctx.overrides, guard=ctx.guard)
         self._tls_clients: dict[str, httpx.AsyncClient] = {}
+        self._targets: dict[int, _Target] = {}
 
     def _client_for(self, settings: WebhookSettings) -> httpx.AsyncClient:
         """One client per client certificate (its pool only ever presents that one)."""
@@ -186,8 +200,27 @@ class WebhookSink(PerAlertSink[WebhookSettings]):
             self._tls_clients[fingerprint] = client
         return client
 
-    async def send(self, delivery: Delivery, settings: WebhookSettings) -> int | None:
+    def _target(self, settings: WebhookSettings) -> _Target:
+        """The per-settings part of a request, not worked out again for every alert."""
+        target = self._targets.get(id(settings))
+        if target is not None and target.settings is settings:
+            return target
         redact = self.redactor(settings)
+        what = f"webhook {redact_url(settings.webhook_url.get_secret_value())}"
+        client: httpx.AsyncClient | None = None
+        error = None
+        try:
+            client = self._client_for(settings)
+        except ValueError as exc:  # an unusable certificate will not get better
+            error = f"client certificate: {redact(str(exc))}"
+        if len(self._targets) > 10_000:
+            self._targets.clear()
+        target = self._targets[id(settings)] = _Target(settings, redact, what, client, error)
+        return target
+
+    async def send(self, delivery: Delivery, settings: WebhookSettings) -> int | None:
+        target = self._target(settings)
+        redact, what = target.redact, target.what
         rendered = None
         if settings.body_pattern is not None:
             try:
@@ -198,14 +231,12 @@ class WebhookSink(PerAlertSink[WebhookSettings]):
         method, url, headers, body = build_request(
             delivery, settings, rendered=rendered, timestamp=int(time.time())
         )
-        what = f"webhook {redact_url(url)}"
         for value in headers.values():  # validated at save time; never send a split header
             if "\r" in value or "\n" in value or "\x00" in value:
                 raise PermanentError(f"{what}: a header value contains CR, LF or NUL")
-        try:
-            client = self._client_for(settings)
-        except ValueError as exc:  # an unusable certificate will not get better
-            raise PermanentError(f"client certificate: {redact(str(exc))}") from None
+        client = target.client
+        if client is None:
+            raise PermanentError(target.client_error or "no HTTP client")
         try:
             response = await client.request(method, url, headers=headers, content=body)
         except (httpx.HTTPError, OSError) as exc:

@@ -16,11 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from faust.types import TP, EventT, StreamT
 from pydantic import ValidationError
 
 from schemas.codec import format_errors
-from schemas.models import DeadLetter, Delivery
+from schemas.models import DeadLetter, Delivery, IntegrationConfig
 from sinks.base import BatchingSink, PerAlertSink
 from sinks.secretbox import SecretBox
 from streams import metrics
@@ -42,11 +43,54 @@ __all__ = ["BatchingAgent", "PerAlertAgent"]
 log = logging.getLogger(__name__)
 
 
+_CONFIG_CACHE_SIZE = 4096
+_configs: dict[bytes, IntegrationConfig] = {}
+"""Validated config snapshots by the exact JSON bytes they were read from (oldest first)."""
+
+
+def _read_delivery(value: bytes) -> Delivery:
+    """The delivery record in `value`, validated; its config snapshot validated once.
+
+    Every record of an integration carries the same snapshot (until its version
+    changes), so the validated `IntegrationConfig` is kept, keyed by the snapshot's own
+    bytes (orjson output of what was read): a record is given a cached config only when
+    its snapshot is identical to the one that was validated, whatever version it claims,
+    so a forged or corrupt record cannot borrow another one's config. Everything else
+    (the alert, the routing fields) is validated for every record. Raises
+    orjson.JSONDecodeError or ValidationError.
+    """
+    data = orjson.loads(value)
+    raw = data.get("integration") if isinstance(data, dict) else None
+    if not isinstance(raw, dict):
+        return Delivery.model_validate(data)  # fails, with the reason
+    try:
+        key = orjson.dumps(raw)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: never ours
+        return Delivery.model_validate(data)
+    config = _configs.get(key)
+    if config is None:
+        delivery = Delivery.model_validate(data)
+        if len(_configs) >= _CONFIG_CACHE_SIZE:
+            del _configs[next(iter(_configs))]
+        _configs[key] = delivery.integration
+        return delivery
+    # A model instance is taken as it is (pydantic does not revalidate instances).
+    data["integration"] = config
+    return Delivery.model_validate(data)
+
+
 async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | None:
-    """A delivery record, or None after dead-lettering one that cannot be read."""
+    """A delivery record, or None after dead-lettering one that cannot be read.
+
+    Delivery records are written by our router, but anyone who can produce to a
+    delivery topic can write garbage there: what does not parse or validate is
+    dead-lettered with the reason, never delivered.
+    """
     msg = event.message
     try:
-        return Delivery.model_validate_json(msg.value or b"")
+        return _read_delivery(msg.value or b"")
+    except orjson.JSONDecodeError as exc:
+        reason = f"unreadable delivery record: invalid JSON: {exc.msg}"
     except ValidationError as exc:
         reason = f"unreadable delivery record: {format_errors(exc)}"
     metrics.DLQ.labels(kind, "deliver").inc()

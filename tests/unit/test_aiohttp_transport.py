@@ -307,6 +307,16 @@ async def test_private_address_is_refused_without_connecting(host: str, shown: s
     assert srv.connections == 0
 
 
+async def test_an_allowed_ip_literal_is_remembered_and_others_still_checked() -> None:
+    async with RawServer() as srv, build_client(overrides=NO_OVERRIDES, guard=LOOPBACK) as c:
+        for _ in range(2):
+            assert (await c.post(srv.url("/a"), content=b"x")).status_code == 200
+            for host in ("127.0.0.2", "[::1]"):
+                with pytest.raises(PermanentError, match="is a loopback address"):
+                    await c.post(srv.url("/b", host=host), content=b"x")
+    assert srv.connections == 1
+
+
 async def test_connection_goes_to_the_checked_address_and_dns_is_never_cached() -> None:
     calls: list[str] = []
     table = {"hook.example": ["10.1.2.3", "127.0.0.1"]}  # unknown to real DNS

@@ -14,6 +14,7 @@ from sinks.secretbox import SecretBox, generate_key_spec
 from sinks.webhook.config import WebhookSettings
 from streams.breaker import Breakers
 from streams.delivery import DeliveryRunner
+from streams.metrics import REGISTRY
 
 BOX = SecretBox.parse(generate_key_spec())
 
@@ -177,3 +178,39 @@ async def test_permanent_error_is_dead_lettered_at_once_in_park_mode() -> None:
         Flaky([PermanentError("bad", status=400)]), RetryPolicy(), Recorder(), BOX, park=park
     )
     assert await runner.deliver(delivery()) == Outcome.DEAD_LETTERED
+
+
+async def test_the_open_circuits_gauge_follows_opening_and_closing() -> None:
+    """The gauge is recounted only when a circuit opens or closes, and still right."""
+
+    async def park(d: Delivery, delay: float) -> None:
+        pass
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("alertrelay_circuits_open", {"type": "gauge-test"})
+
+    def one() -> Delivery:  # a type of its own: the gauge is per type and process-wide
+        d = delivery()
+        return d.model_copy(
+            update={"integration": d.integration.model_copy(update={"type": "gauge-test"})}
+        )
+
+    clock = Clock()
+    sink = Flaky([RetryableError("down", status=503) for _ in range(2)])
+    runner = DeliveryRunner(
+        sink,
+        RetryPolicy(max_attempts=10, base_delay=0.01),
+        Recorder(),
+        BOX,
+        park=park,
+        breakers=Breakers(threshold=2, cooldown=30, clock=clock),
+    )
+    assert await runner.deliver(one()) == Outcome.RETRYING
+    assert gauge() == 0
+    assert await runner.deliver(one()) == Outcome.RETRYING  # opens the circuit
+    assert gauge() == 1
+    assert await runner.deliver(one()) == Outcome.RETRYING  # still open: no call
+    assert gauge() == 1 and sink.calls == 2
+    clock.now += 31
+    assert await runner.deliver(one()) == Outcome.DELIVERED  # the probe closes it
+    assert gauge() == 0

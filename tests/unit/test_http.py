@@ -181,6 +181,19 @@ def test_exact_entry_beats_wildcard_and_longest_wildcard_wins() -> None:
     assert overrides.rewrite(httpx.URL("https://api.eu.example.com/")).port == 3
 
 
+def test_rewrites_are_remembered_per_url_and_stay_right() -> None:
+    overrides = HostOverrides.parse("*.example.com=http://127.0.0.1:1/base")
+    for _ in range(2):  # the second round is answered from what was remembered
+        assert str(overrides.rewrite(httpx.URL("https://a.example.com/x?q=1"))) == (
+            "http://127.0.0.1:1/base/x?q=1"
+        )
+        assert str(overrides.rewrite(httpx.URL("https://a.example.com/y"))) == (
+            "http://127.0.0.1:1/base/y"
+        )
+        other = httpx.URL("https://example.org/x")
+        assert overrides.rewrite(other) is other
+
+
 def test_no_override_returns_the_same_url() -> None:
     url = httpx.URL("https://hooks.slack.com/services/x")
     assert HostOverrides().rewrite(url) is url

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 
+from sinks.base import BatchLimits
+from sinks.http import EgressGuard, HostOverrides
 from sinks.jira.config import JiraSettings
-from sinks.registry import ConfigError, validate_integration
+from sinks.jira.sink import JiraSink
+from sinks.registry import ConfigError, SinkContext, validate_integration
 
 TOKEN = "ATATT3xFfGF0SecretJiraToken0123456789"
 URL = "https://acme.atlassian.net/rest/api/2/issue/"
@@ -213,3 +217,19 @@ def test_no_secret_in_any_error_text() -> None:
         )
     assert len(info.value.errors) == 3
     assert TOKEN not in str(info.value) and TOKEN not in repr(info.value.errors)
+
+
+async def test_the_redactor_hides_the_basic_credentials_and_is_built_once() -> None:
+    """The sink's redactor (the runner's too) hides email:token as it travels (base64);
+    it is built once per settings object, not for every alert."""
+    sink = JiraSink(SinkContext(HostOverrides(), EgressGuard(), BatchLimits()))
+    try:
+        settings = settings_of()
+        basic = base64.b64encode(f"soc@example.com:{TOKEN}".encode()).decode()
+        redact = sink.redactor(settings)
+        assert sink.redactor(settings) is redact
+        assert sink._redactor(settings) is redact
+        shown = redact(f"sent Basic {basic} and {TOKEN}")
+        assert basic not in shown and TOKEN not in shown
+    finally:
+        await sink.aclose()

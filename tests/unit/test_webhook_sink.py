@@ -196,6 +196,24 @@ async def test_400_is_permanent_without_the_url(
         assert path not in text
 
 
+async def test_one_settings_object_serves_many_alerts_with_what_was_worked_out_once(
+    sink: WebhookSink, receiver: WebhookReceiver, path: str
+) -> None:
+    settings = sink.parse_settings(settings_for(receiver.url + path))
+    receiver.script(path, Answer(400, b"nope"))
+    with pytest.raises(PermanentError) as first:
+        await sink.send(make_delivery({}, "alert-1"), settings)
+    target = sink._target(settings)
+    assert await sink.send(make_delivery({}, "alert-2"), settings) == 200
+    assert sink._target(settings) is target  # not worked out again per alert
+    assert target.redact is sink.redactor(settings)
+    assert first.value.message.startswith("webhook http://127.0.0.1:")
+    assert SECRET_TOKEN not in first.value.message and path not in first.value.message
+    assert [r.json()["alert_id"] for r in receiver.received(path)] == ["alert-1", "alert-2"]
+    other = sink.parse_settings(settings_for(receiver.url + path, method="PUT"))
+    assert sink._target(other) is not target
+
+
 async def test_egress_guard_refuses_loopback_when_not_allowed(
     receiver: WebhookReceiver, path: str
 ) -> None:
