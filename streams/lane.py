@@ -26,6 +26,7 @@ beginning (like faust), and commits that start at once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,7 +43,7 @@ from confluent_kafka import (  # type: ignore[import-untyped]
 from faust.types import TableT
 
 from schemas.codec import DecodeError, decode_alert
-from schemas.models import IntegrationConfig, idempotency_key
+from schemas.models import DeadLetter, IntegrationConfig, idempotency_key
 from sinks.base import BatchingSink, BatchRecord
 from sinks.secretbox import SecretBox
 from streams import metrics
@@ -95,6 +96,7 @@ class LaneAcks:
             return None
         part.next = offset + 1
         if holders <= 0:
+            part.pending.pop(offset, None)  # read again after a failure part-way
             return None
         part.pending[offset] = holders
         return (self.epoch, tp, offset)
@@ -135,6 +137,10 @@ class LaneAcks:
         return sum(len(p.pending) for p in self._parts.values())
 
 
+def _where(msg: Any) -> str:
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+
+
 class BatchLane:
     """One per worker; `run` is its task, the two `on_*` methods faust's rebalance hooks."""
 
@@ -157,6 +163,8 @@ class BatchLane:
             for kind, sink in sinks.items()
         }
         self.acks = LaneAcks()
+        self.reporter = reporter
+        self._failed: list[tuple[Any, str]] = []  # records a bug kept from their buffers
         self._flush_producer = flush_producer
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-lane")
         self._consumer: Any = None
@@ -207,6 +215,7 @@ class BatchLane:
                 messages = await self._call(self._consumer.consume, READ_MAX, 0.1)
                 if epoch == self.acks.epoch and self._wanted is None:
                     self._take(messages)
+                    await self._dead_letter_failed()
                 for writer in self.writers.values():
                     writer.spawn(writer.batcher.due())
                 if time.monotonic() - self._last_commit >= self.settings.commit_interval:
@@ -234,58 +243,85 @@ class BatchLane:
             self._read_any = True
             metrics.LANE_FIRST_READ.set(time.time())
         metrics.LANE_READ.inc(len(messages))
-        acks, writers, rules, table = self.acks, self.writers, self.rules, self.table
         ready: dict[str, list[Pending]] = {}
         for msg in messages:
             if msg.error() is not None:
                 log.warning("batch lane: read error: %s", msg.error())
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            tp = (topic, partition)
             try:
-                alert = decode_alert(msg.value(), msg.headers())
-            except DecodeError:  # the router dead-letters it
-                acks.read(tp, offset, 0)
-                continue
-            entries = table.get(alert.tenant_id)
-            route = (
-                rules.route(topic, partition, offset, msg.headers(), alert, entries)
-                if entries
-                else None
-            )
-            targets = []
-            if route is not None:
-                for config in route.configs:
-                    writer = writers.get(config["type"])
-                    if writer is None:
-                        continue
-                    integration = self._integration(config)
-                    src_topic, src_partition, src_offset = route.source
-                    key = (integration.key, partition, src_topic, src_partition)
-                    if not route.redrive and writer.batcher.holds(key, src_offset):
-                        continue  # read again (a replay of what is written): not counted twice
-                    targets.append((writer, key, integration))
-            handle = acks.read(tp, offset, len(targets))
-            if route is None or handle is None:
-                continue
-            stamp_type, stamp = msg.timestamp()
-            produced_at = None if stamp_type == TIMESTAMP_NOT_AVAILABLE else stamp / 1000
-            for writer, key, integration in targets:
-                record = BatchRecord.make(
-                    alert,
-                    idempotency_key(alert.alert_id, integration.integration_id),
-                    route.source[2],
-                    produced_at,
-                    route.redrive,
+                self._take_one(msg, ready)
+            except Exception as exc:  # a bug must still end the alert somewhere visible
+                log.exception("batch lane: internal error at %s", _where(msg))
+                self.acks.read((msg.topic(), msg.partition()), msg.offset(), 0)
+                self._failed.append(
+                    (msg, f"internal error in the batch lane: {type(exc).__name__}")
                 )
-                pending = writer.batcher.add_record(
-                    key, integration, integration.version or 0, record, handle
-                )
-                self._routed[integration.type].inc()
-                if pending is not None:
-                    ready.setdefault(integration.type, []).append(pending)
         for kind, batches in ready.items():
-            writers[kind].spawn(batches)
+            self.writers[kind].spawn(batches)
+
+    def _take_one(self, msg: Any, ready: dict[str, list[Pending]]) -> None:
+        acks, writers, rules, table = self.acks, self.writers, self.rules, self.table
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        tp = (topic, partition)
+        try:
+            alert = decode_alert(msg.value(), msg.headers())
+        except DecodeError:  # the router dead-letters it
+            acks.read(tp, offset, 0)
+            return
+        entries = table.get(alert.tenant_id)
+        route = (
+            rules.route(topic, partition, offset, msg.headers(), alert, entries)
+            if entries
+            else None
+        )
+        targets = []
+        if route is not None:
+            for config in route.configs:
+                writer = writers.get(config["type"])
+                if writer is None:
+                    continue
+                integration = self._integration(config)
+                src_topic, src_partition, src_offset = route.source
+                key = (integration.key, partition, src_topic, src_partition)
+                if not route.redrive and writer.batcher.holds(key, src_offset):
+                    continue  # read again (a replay of what is written): not counted twice
+                targets.append((writer, key, integration))
+        handle = acks.read(tp, offset, len(targets))
+        if route is None or handle is None:
+            return
+        stamp_type, stamp = msg.timestamp()
+        produced_at = None if stamp_type == TIMESTAMP_NOT_AVAILABLE else stamp / 1000
+        for writer, key, integration in targets:
+            record = BatchRecord.make(
+                alert,
+                idempotency_key(alert.alert_id, integration.integration_id),
+                route.source[2],
+                produced_at,
+                route.redrive,
+            )
+            pending = writer.batcher.add_record(
+                key, integration, integration.version or 0, record, handle
+            )
+            self._routed[integration.type].inc()
+            if pending is not None:
+                ready.setdefault(integration.type, []).append(pending)
+
+    async def _dead_letter_failed(self) -> None:
+        failed, self._failed = self._failed, []
+        for msg, reason in failed:
+            metrics.DLQ.labels("-", "route").inc()
+            await self.reporter.dead_letter(
+                DeadLetter(
+                    reason=reason,
+                    stage="route",
+                    source_topic=msg.topic(),
+                    source_partition=msg.partition(),
+                    source_offset=msg.offset(),
+                    at=time.time(),
+                    payload_b64=base64.b64encode((msg.value() or b"")[: 64 * 1024]).decode()
+                    or None,
+                )
+            )
 
     def _integration(self, config: dict[str, Any]) -> IntegrationConfig:
         """The config table's entry as a model, parsed once per version."""
