@@ -71,12 +71,14 @@ class BatchWriter:
             await asyncio.gather(*(self._write(p) for p in ready))
 
     async def wait_for_room(self) -> None:
-        """Over the memory cap: write everything held, and wait until writes bring it
-        back under 80 % of the cap. Nothing is dropped."""
-        if self.held <= self.settings.batch_memory_cap:
+        """Over the memory cap: write the largest buffers until what stays buffered fits
+        under 80 % of the cap with what is being written, and wait until writes bring
+        the total back under it. Nothing is dropped."""
+        cap = self.settings.batch_memory_cap
+        if self.held <= cap:
             return
         metrics.BACKPRESSURE.labels(self.sink.type_name).inc()
-        self.spawn(self.batcher.drain())
+        self.spawn(self.batcher.cut_largest(max(0, int(cap * 0.8) - self._writing)))
         self._room.clear()
         await self._room.wait()
 

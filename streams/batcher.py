@@ -149,6 +149,17 @@ class Batcher:
     def drain(self) -> list[Pending]:
         return [self._take(k) for k in list(self._buffers)]
 
+    def cut_largest(self, until: int) -> list[Pending]:
+        """Cut the buffers holding the most memory first, until at most `until` bytes
+        are left buffered: under memory pressure the fewest, largest objects are written
+        and the small buffers of other integrations keep filling."""
+        cut = []
+        for key in sorted(self._buffers, key=lambda k: self._buffers[k].memory, reverse=True):
+            if self._memory <= until:
+                break
+            cut.append(self._take(key))
+        return cut
+
     def drop_partitions(self, delivery_partitions: Iterable[Hashable]) -> int:
         """Forget buffers of revoked partitions; their new owner re-reads them."""
         gone = set(delivery_partitions)

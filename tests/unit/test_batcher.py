@@ -281,3 +281,19 @@ def test_memory_counts_what_is_buffered_until_cut_or_dropped() -> None:
     assert b.memory == each  # the other buffer
     assert b.drop_partitions([1]) == 1
     assert b.memory == 0
+
+
+def test_under_memory_pressure_the_largest_buffers_are_cut_first() -> None:
+    b = batcher()
+    for offset in range(6):
+        b.add(make_delivery(offset, integration_id="big"), offset, 0)
+    for offset in range(3):
+        b.add(make_delivery(offset, integration_id="mid"), offset, 0)
+    b.add(make_delivery(0, integration_id="small"), 0, 0)
+    each = b.memory // 10
+    cut = b.cut_largest(until=5 * each)
+    assert [p.batch.integration.integration_id for p in cut] == ["big"]
+    assert b.memory == 4 * each  # the others keep filling
+    cut = b.cut_largest(until=0)
+    assert [p.batch.integration.integration_id for p in cut] == ["mid", "small"]
+    assert b.memory == 0
