@@ -71,14 +71,16 @@ class BatchWriter:
             await asyncio.gather(*(self._write(p) for p in ready))
 
     async def wait_for_room(self) -> None:
-        """Over the memory cap: write the largest buffers until what stays buffered fits
-        under 80 % of the cap with what is being written, and wait until writes bring
-        the total back under it. Nothing is dropped."""
+        """Over the memory cap: stop taking until writes bring what is held back under
+        80 % of the cap. What is buffered is cut (largest buffers first) only as far as
+        that needs once the writes are done: batches already being written free their
+        memory by themselves, and cutting more would only end objects early. Nothing
+        is dropped."""
         cap = self.settings.batch_memory_cap
         if self.held <= cap:
             return
         metrics.BACKPRESSURE.labels(self.sink.type_name).inc()
-        self.spawn(self.batcher.cut_largest(max(0, int(cap * 0.8) - self._writing)))
+        self.spawn(self.batcher.cut_largest(int(cap * 0.8)))
         self._room.clear()
         await self._room.wait()
 
