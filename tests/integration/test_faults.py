@@ -887,9 +887,13 @@ def test_one_percent_undecodable_alerts(
 
 
 def test_rebalance_with_two_workers(
-    kafka_bootstrap: str, receiver: WebhookReceiver, tmp_path: Path
+    kafka_bootstrap: str, receiver: WebhookReceiver, moto_s3: str, tmp_path: Path
 ) -> None:
     """Two workers share the topics; one is stopped (SIGTERM) mid-run and started again.
+
+    Every tenant also has an S3 integration, which the batch lanes of both workers serve
+    (streams/lane.py follows the router's partitions through the rebalances): every
+    alert ends in S3 exactly once.
 
     Nothing is lost, and both workers delivered: each integration's delivery key is
     chosen to land on its tenant's partition, so the 4 tenants' deliveries spread over
@@ -906,7 +910,13 @@ def test_rebalance_with_two_workers(
     topics = TopicSet()
     tenants = tenants_on_partitions("rebal")
     path = "/rebalance"
-    env = {"ALERTRELAY_SESSION_TIMEOUT": "6"}
+    env = {
+        "ALERTRELAY_SESSION_TIMEOUT": "6",
+        "AWS_ENDPOINT_URL": moto_s3,
+        "ALERTRELAY_BATCH_MAX_EVENTS": "200",
+        "ALERTRELAY_BATCH_MAX_AGE": "2",
+    }
+    lake = S3Objects(s3_client(moto_s3), f"rebal-{topics.prefix}")
     (tmp_path / "w1").mkdir()
     (tmp_path / "w2").mkdir()
     first = WorkerProcess(kafka_bootstrap, topics, tmp_path / "w1", env)
@@ -944,6 +954,7 @@ def test_rebalance_with_two_workers(
                 webhook_config(t, integration_id_on(t, "hook", p), receiver.url + path)
                 for p, t in enumerate(tenants)
             ),
+            *(s3_config(t, "lake", lake.prefix) for t in tenants),
         )
         t0 = time.monotonic()
         second.start()
@@ -968,6 +979,9 @@ def test_rebalance_with_two_workers(
         produce(kafka_bootstrap, topics.alerts, [(a["tenant_id"], a) for a in alerts[2000:]])
         progress(len(alerts), {"first": first, "second-again": second}, 120)
         assert tally.ids(path) == expected
+        wait_until(
+            lambda: set(lake.refresh().ids()) >= expected, 60, "every alert in S3", interval=1
+        )
     finally:
         second.stop()
         first.stop()
@@ -990,6 +1004,9 @@ def test_rebalance_with_two_workers(
         **{k: f"{v:.1f}s" for k, v in timings.items()},
     )
     assert tally.ids(path) == expected, f"lost: {sorted(expected - tally.ids(path))[:10]}"
+    stored = lake.ids()
+    assert set(stored) == expected
+    assert max(stored.values()) == 1, "an alert stored twice in S3"
     assert seen["first"] > 0, "the first worker never delivered"
     assert seen["second"] + seen["second-again"] > 0, "the second worker never delivered"
 
