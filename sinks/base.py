@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-import orjson
 from pydantic import BaseModel, SecretStr
 
 from schemas.models import Alert, Delivery, IntegrationConfig
@@ -118,12 +117,17 @@ def _record_day(produced_at: float | None, alert: Alert) -> dt.date:
     return dt.datetime.fromtimestamp(produced_at, tz=dt.UTC).date()
 
 
+# `orjson.dumps(alert.wire())` byte for byte, ~1 µs sooner, and of exactly its length
+# (orjson's own result keeps ~4 KB of growth buffer behind a 1 KB line while it lives).
+_alert_line = Alert.__pydantic_serializer__.to_json
+
+
 @dataclass(slots=True)
 class BatchRecord:
     """One alert of a batch, reduced to what writing and reporting it need.
 
-    `line` is the alert as batch objects store it: its JSON line (`Alert.wire()` through
-    orjson, no newline), made once when the record is buffered. The integration's config,
+    `line` is the alert as batch objects store it: its JSON line (`Alert.wire()` as
+    compact JSON, no newline), made once when the record is buffered. The integration's config,
     the source topic and partition are the same for every record of a batch and are
     held once, by the `Batch`; `alert()` parses the line back for the rare paths that
     want the model (dead letters, Splunk's envelope fields).
@@ -156,11 +160,8 @@ class BatchRecord:
         produced_at: float | None,
         redrive: bool = False,
     ) -> BatchRecord:
-        # A copy of exactly its length: orjson's own result keeps its growth buffer
-        # (about 4 KB for a 1 KB line) allocated for as long as it lives.
-        line = memoryview(orjson.dumps(alert.wire())).tobytes()
         return cls(
-            line=line,
+            line=_alert_line(alert, exclude_none=True),
             alert_id=alert.alert_id,
             idempotency_key=idempotency_key,
             source_offset=source_offset,

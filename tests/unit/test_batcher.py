@@ -297,3 +297,23 @@ def test_under_memory_pressure_the_largest_buffers_are_cut_first() -> None:
     cut = b.cut_largest(until=0)
     assert [p.batch.integration.integration_id for p in cut] == ["mid", "small"]
     assert b.memory == 0
+
+
+def test_the_line_is_the_alert_s_wire_json_byte_for_byte() -> None:
+    """Lines are made by pydantic-core's serialiser (faster, exact-size): the same bytes
+    as `orjson.dumps(alert.wire())`, escapes, non-ASCII, offsets and details included."""
+    alert = Alert.model_validate(
+        {
+            "alert_id": "a-é-1",
+            "tenant_id": "acme",
+            "event_type": "pci_scope_change",
+            "risk_level": "critical",
+            "title": 'Ünïcode ✓ "quoted" \\ </script>',
+            "detected_at": "2026-01-01T10:00:00.123+02:00",
+            "description": "line\nbreak\ttab \u2028",
+            "page_url": "https://shop.example.com/é?q=1&r=2",
+            "details": {"k": "v", "empty": ""},
+        }
+    )
+    record = BatchRecord.make(alert, "ar-key", 7, 1714564800.0)
+    assert record.line == orjson.dumps(alert.wire())
