@@ -186,13 +186,13 @@ class BatchLane:
             self._wanted = wanted
             self._changed.set()
 
-    async def on_revoked(self, revoked: Iterable[Any]) -> None:
+    def on_revoked(self, revoked: Iterable[Any]) -> None:
         """Stop reading revoked partitions at once (their buffers are dropped: the new
-        owner re-reads them), committing first what was written of them."""
+        owner re-reads them). Nothing is awaited here, inside faust's rebalance: the run
+        loop commits what was written before it reads anything again (`_apply`)."""
         gone = {(tp.topic, tp.partition) for tp in revoked if tp.topic in self.topics}
         if not gone & self._assigned:
             return
-        await self._commit()
         self._wanted = self._assigned - gone
         self._assigned = frozenset()  # nothing read from now on is taken
         self._drop_all()

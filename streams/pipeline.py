@@ -105,15 +105,13 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
 
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def _revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
-        # The agents first: they cancel deliveries not yet sent at once, while the lane
-        # awaits a flush and a commit (every delivery started meanwhile is a repeat).
         for holder in holders:
             try:
                 holder.on_revoked(revoked)
             except Exception:  # faust would crash the worker on an exception here
                 log.exception("%s: handling revoked partitions failed", holder.sink.type_name)
         try:
-            await lane.on_revoked(revoked)
+            lane.on_revoked(revoked)
         except Exception:  # faust would crash the worker on an exception here
             log.exception("batch lane: handling revoked partitions failed")
 
