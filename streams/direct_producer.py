@@ -55,7 +55,6 @@ class DirectProducer:
         self.strict = strict
         self.failed = 0
         self._raised = 0
-        self._stop = threading.Event()
         # Delivery reports are served by poll(); without a poller they pile up.
         self._poller = threading.Thread(target=self._poll, name=client_id, daemon=True)
         self._poller.start()
@@ -79,13 +78,10 @@ class DirectProducer:
             self._raised = self.failed
             raise KafkaException(f"{self.failed} records were not written: not committing")
 
-    def close(self) -> None:
-        self._stop.set()
-        self._poller.join(timeout=2)
-        self._producer.flush(10.0)
-
     def _poll(self) -> None:
-        while not self._stop.is_set():
+        # A daemon thread for the process's life: what is sent is flushed before every
+        # commit, the last one at shutdown included.
+        while True:
             self._producer.poll(0.1)
 
     def _delivered(self, err: KafkaError | None, msg: Any) -> None:

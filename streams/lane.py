@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -71,6 +72,12 @@ class _Read:
     next: int = 0  # the offset after the last one read
     committed: int = -1
 
+    @property
+    def position(self) -> int:
+        """How far the group may be committed: the first alert still buffered, else
+        everything read (pending offsets were added in read order)."""
+        return next(iter(self.pending), self.next)
+
 
 class LaneAcks:
     """Per partition read: the alerts still waiting in a buffer, and how far the lane's
@@ -114,18 +121,13 @@ class LaneAcks:
 
     def position(self, tp: TopicPart) -> int | None:
         part = self._parts.get(tp)
-        if part is None:
-            return None
-        return next(iter(part.pending), part.next)
+        return None if part is None else part.position
 
     def moved(self) -> dict[TopicPart, int]:
         """Positions that changed since they were last committed."""
-        out = {}
-        for tp, part in self._parts.items():
-            position = next(iter(part.pending), part.next)
-            if position != part.committed:
-                out[tp] = position
-        return out
+        return {
+            tp: part.position for tp, part in self._parts.items() if part.position != part.committed
+        }
 
     def committed(self, positions: dict[TopicPart, int]) -> None:
         for tp, position in positions.items():
@@ -263,25 +265,22 @@ class BatchLane:
         acks, writers, rules, table = self.acks, self.writers, self.rules, self.table
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         tp = (topic, partition)
+        headers = msg.headers()
         try:
-            alert = decode_alert(msg.value(), msg.headers())
+            alert = decode_alert(msg.value(), headers)
         except DecodeError:  # the router dead-letters it
             acks.read(tp, offset, 0)
             return
         entries = table.get(alert.tenant_id)
-        route = (
-            rules.route(topic, partition, offset, msg.headers(), alert, entries)
-            if entries
-            else None
-        )
+        route = rules.route(topic, partition, offset, headers, alert, entries) if entries else None
         targets = []
         if route is not None:
+            src_topic, src_partition, src_offset = route.source
             for config in route.configs:
                 writer = writers.get(config["type"])
                 if writer is None:
                     continue
                 integration = self._integration(config)
-                src_topic, src_partition, src_offset = route.source
                 key = (integration.key, partition, src_topic, src_partition)
                 if not route.redrive and writer.batcher.holds(key, src_offset):
                     continue  # read again (a replay of what is written): not counted twice
@@ -291,13 +290,14 @@ class BatchLane:
             return
         stamp_type, stamp = msg.timestamp()
         produced_at = None if stamp_type == TIMESTAMP_NOT_AVAILABLE else stamp / 1000
+        record: BatchRecord | None = None
         for writer, key, integration in targets:
-            record = BatchRecord.make(
-                alert,
-                idempotency_key(alert.alert_id, integration.integration_id),
-                route.source[2],
-                produced_at,
-                route.redrive,
+            idem = idempotency_key(alert.alert_id, integration.integration_id)
+            # The alert's line is serialised once, however many integrations take it.
+            record = (
+                BatchRecord.make(alert, idem, src_offset, produced_at, route.redrive)
+                if record is None
+                else dataclasses.replace(record, idempotency_key=idem)
             )
             pending = writer.batcher.add_record(
                 key, integration, integration.version or 0, record, handle

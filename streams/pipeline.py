@@ -39,7 +39,6 @@ class Pipeline:
     table: TableT
     sinks: dict[str, Sink[Any]]
     box: SecretBox
-    lane: BatchLane
 
 
 def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipeline:
@@ -117,4 +116,4 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
 
     register_views(app, table)
     register_api(app, table, IntegrationService(table, topics, box, sinks, health), partitions)
-    return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box, lane=lane)
+    return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box)

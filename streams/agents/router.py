@@ -63,16 +63,11 @@ def _header(headers: Any, wanted: str) -> bytes | None:
     return None
 
 
-def _source_of(
-    topic: str, partition: int, offset: int, headers: Any, trusted: set[str]
-) -> tuple[str, int, int] | None:
-    """The original location of an alert that took the detour or is replayed.
-
-    Only trusted on the internal topics: on the alerts topic the header could be
-    anything a producer chose to send.
+def _source_of(topic: str, partition: int, offset: int, headers: Any) -> tuple[str, int, int]:
+    """The original location of an alert that took the detour or is replayed (its
+    source header), else where it was read. Callers trust the header only on the
+    internal topics: on the alerts topic it could be anything a producer chose to send.
     """
-    if topic not in trusted:
-        return None
     for name, value in _header_items(headers):
         if name == SOURCE_HEADER and value:
             try:
@@ -114,7 +109,7 @@ class RouteRules:
         """None: read on a partition its tenant's configs are not on (the router sends
         it to the detour topic, where it is read again with its origin)."""
         trusted = topic == self.detour_topic or topic == self.replay_topic
-        source = _source_of(topic, partition, offset, headers, {topic}) if trusted else None
+        source = _source_of(topic, partition, offset, headers) if trusted else None
         if source is None and partition != tenant_partition(alert.tenant_id, self.partitions):
             return None
         configs = matching(entries, alert.event_type, alert.risk_level)

@@ -12,13 +12,26 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.harness import TopicSet, WorkerProcess
+from tests.harness import TopicSet, WorkerProcess, free_port
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as r:
         yield r
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server for the module: its endpoint URL. A module that needs a bucket
+    overrides this fixture, asking for it by the same name, and creates it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -313,16 +313,10 @@ def summary(name: str, started: float, **fields: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    s3_client(endpoint).create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
+def moto_s3(moto_s3: str) -> str:
+    """The shared moto server (tests/integration/conftest.py), with this module's bucket."""
+    s3_client(moto_s3).create_bucket(Bucket=BUCKET)
+    return moto_s3
 
 
 class QuietReceiver(WebhookReceiver):

@@ -37,19 +37,6 @@ SECRET_PATH = "/hooks/SECRETTOKEN0123456789"
 
 
 @pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    from tests.harness import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def worker(
     kafka_bootstrap: str, topics: TopicSet, moto_s3: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
