@@ -23,7 +23,12 @@ changelog records are handed over; the others are read again from the committed 
 (or, with nothing committed, from the first one seen).
 
 It also sets the broker's fetch wait, which faust fixes at 1 500 ms
-(`AlertrelayApp.fetch_max_wait_ms`).
+(`AlertrelayApp.fetch_max_wait_ms`), and bounds how long one fetch may take: rarely
+(about 1 run in 30 of tests/integration/test_faults.py's rebalance test, and once in CI) a
+fetch started just before a rebalance never returns, the read loop waits on it forever and
+faust's table recovery, which is fed by that loop, waits with it ("No event received for
+active tp ... since recovery start"): the worker stalls. A fetch that takes far longer than
+its own timeout is given up and the next one started (`_wait_next_records`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = ["GaplessConsumer", "ReadGuard", "Verdict"]
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 100
+FETCH_STALL_AFTER = 10.0  # seconds beyond a fetch's own timeout before it is given up
 
 
 class Verdict(enum.Enum):
@@ -154,6 +160,24 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _wait_next_records(self, timeout: float) -> Any:  # noqa: ASYNC109 (faust's)
+        """faust's wait for the next fetch, given up when it takes `FETCH_STALL_AFTER`
+        seconds beyond its timeout (module doc). Giving up returns "nothing fetched", so
+        the read loop asks again at once; a fetch that only waited for the flow to resume
+        after a rebalance is simply started again."""
+        try:
+            return await asyncio.wait_for(
+                super()._wait_next_records(timeout), timeout + FETCH_STALL_AFTER
+            )
+        except TimeoutError:
+            if self.flow_active:
+                metrics.FETCH_STALLS.inc()
+                log.warning(
+                    "a fetch did not return after %.0f s; fetching again",
+                    timeout + FETCH_STALL_AFTER,
+                )
+            return None, None
 
     # -- positions --------------------------------------------------------------------
 

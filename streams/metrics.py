@@ -14,6 +14,7 @@ __all__ = [
     "DELIVERY_LATENCY",
     "DLQ",
     "END_TO_END",
+    "FETCH_STALLS",
     "LANE_FIRST_READ",
     "LANE_READ",
     "REGISTRY",
@@ -36,6 +37,11 @@ REREAD = Counter(
     "Holes in a partition's offsets, by outcome: recovered (records the engine skipped, "
     "read again) or real (transaction markers, retention; read past)",
     ["outcome"],
+    registry=REGISTRY,
+)
+FETCH_STALLS = Counter(
+    "alertrelay_consumer_fetch_stalls",
+    "Fetches that did not return long after their timeout and were started again",
     registry=REGISTRY,
 )
 ROUTED = Counter(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
+import pytest
 from faust.types import TP
 
+from streams import consumer as consumer_module
+from streams import metrics
 from streams.app import create_app
 from streams.consumer import GaplessConsumer, ReadGuard, Verdict
 from streams.settings import Settings
@@ -173,3 +178,31 @@ def test_records_fetched_but_not_handed_over_count_as_read_again() -> None:
     guard.reading_again(A)  # the batch ended with offsets 8.. fetched, none handed over
     assert guard.check(A, 8, dense=True) is Verdict.READ
     assert guard.read(A, 8) is True
+
+
+async def test_a_fetch_that_never_returns_is_given_up_and_the_next_one_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stall seen in CI (test_faults.py's rebalance test): a fetch started just before
+    a rebalance never returned, and the read loop, which also feeds faust's table
+    recovery, waited on it forever. Ours gives it up and fetches again."""
+    app = create_app(Settings(data_dir=tmp_path), 4)
+    consumer = app.consumer
+    assert isinstance(consumer, GaplessConsumer)
+    monkeypatch.setattr(consumer_module, "FETCH_STALL_AFTER", 0.05)
+    calls: list[str] = []
+
+    async def fetch(active_partitions: Any, timeout: float) -> dict[TP, list[Any]]:  # noqa: ASYNC109
+        calls.append("fetch")
+        if len(calls) == 1:
+            await asyncio.Event().wait()  # the stuck fetch
+        return {A: []}
+
+    monkeypatch.setattr(consumer, "_getmany", fetch)
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {A})
+    stalls = metrics.FETCH_STALLS._value.get()
+    # (bounded here too, so that without the fix this fails instead of hanging)
+    assert await asyncio.wait_for(consumer._wait_next_records(0.01), 5) == (None, None)
+    assert metrics.FETCH_STALLS._value.get() == stalls + 1
+    assert await consumer._wait_next_records(0.01) == ({A: []}, {A})
+    assert calls == ["fetch", "fetch"]
