@@ -4,7 +4,6 @@ topics instead of waiting in the partition."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from schemas.models import Alert, Delivery, IntegrationConfig, Outcome, idempotency_key
 from sinks.base import PerAlertSink
@@ -15,6 +14,7 @@ from sinks.webhook.config import WebhookSettings
 from streams.breaker import Breakers
 from streams.delivery import DeliveryRunner
 from streams.metrics import REGISTRY
+from tests.fakes.reporter import Recorder
 
 BOX = SecretBox.parse(generate_key_spec())
 
@@ -62,18 +62,6 @@ def test_tiers() -> None:
         30,
         30,
     ]
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.statuses: list[Any] = []
-        self.dead: list[Any] = []
-
-    async def status(self, record: Any) -> None:
-        self.statuses.append(record)
-
-    async def dead_letter(self, record: Any) -> None:
-        self.dead.append(record)
 
 
 class Flaky(PerAlertSink[WebhookSettings]):

@@ -16,6 +16,7 @@ from sinks.secretbox import SecretBox, generate_key_spec
 from streams.agents.router import RouteRules, tenant_partition
 from streams.lane import BatchLane
 from streams.settings import Settings
+from tests.fakes.reporter import Recorder
 
 PARTITIONS = 4
 TENANT = "acme"
@@ -40,18 +41,6 @@ class Lake(BatchingSink[Empty]):
 
     async def check(self, integration: IntegrationConfig, settings: Empty) -> str:
         return "ok"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.statuses: list[Any] = []
-        self.dead: list[Any] = []
-
-    async def status(self, record: Any) -> None:
-        self.statuses.append(record)
-
-    async def dead_letter(self, record: Any) -> None:
-        self.dead.append(record)
 
 
 class Msg:

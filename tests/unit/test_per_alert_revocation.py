@@ -29,6 +29,7 @@ from streams.agents.sinks import PerAlertAgent
 from streams.breaker import Breakers
 from streams.delivery import DeliveryRunner, Flight
 from streams.settings import Settings
+from tests.fakes.reporter import Recorder
 
 BOX = SecretBox.parse(generate_key_spec())
 TOPIC = Settings().delivery_topic("webhook")
@@ -101,18 +102,6 @@ class Stream:
             if batch is None:
                 return
             yield batch
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.statuses: list[Any] = []
-        self.dead: list[Any] = []
-
-    async def status(self, record: Any) -> None:
-        self.statuses.append(record)
-
-    async def dead_letter(self, record: Any) -> None:
-        self.dead.append(record)
 
 
 class Gated(PerAlertSink[WebhookSettings]):
