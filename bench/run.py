@@ -394,16 +394,15 @@ def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
 
 
 def kafka_diagnostics(b: Bench, topics: TopicSet) -> dict[str, Any]:
-    """Committed offsets of the worker's group against the ends of the alerts topic and
-    of the detour topic: an alert the router never counted shows up here."""
+    """Committed offsets of the worker's lanes against the ends of the alerts topic and
+    of the detour topic: an alert a lane never counted shows up here."""
     out: dict[str, Any] = {}
-    for topic in (topics.alerts, f"{topics.app_id}-alerts-by-tenant"):
-        with contextlib.suppress(Exception):
-            out[topic] = group_offsets(b.bootstrap, topics.app_id, topic)
-    with contextlib.suppress(Exception):
-        out[f"{topics.alerts} (batch lane)"] = group_offsets(
-            b.bootstrap, f"{topics.app_id}-batching", topics.alerts
-        )
+    for lane in ("routing", "batching"):
+        for topic in (topics.alerts, f"{topics.app_id}-alerts-by-tenant"):
+            with contextlib.suppress(Exception):
+                out[f"{topic} ({lane} lane)"] = group_offsets(
+                    b.bootstrap, f"{topics.app_id}-{lane}", topic
+                )
     return out
 
 

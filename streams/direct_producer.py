@@ -1,5 +1,5 @@
-"""A librdkafka producer for the records we write one per alert or attempt: the router's
-delivery records, status records and the health feed.
+"""A librdkafka producer for the records we write one per alert or attempt: the alert
+lane's delivery and detour records, status records and the health feed.
 
 Why not faust's producer: each `send_soon` there is a trip through faust's
 `ProducerBuffer` (one message per `await`) and aiokafka's pure-Python record batching,
@@ -9,9 +9,10 @@ batches, compresses and sends it on its own threads.
 
 The guarantee stays the one faust gave: a record is on the broker before the offset of
 the alert it reports is committed. faust flushes its producer before every commit, and
-our `DrainingProducer.flush` (streams/transport.py) flushes this one too; the batch lane
-flushes both before its own commits. Delivery records use a `strict` producer: one the
-broker did not take stops the commit. DLQ records stay on faust's producer (they are few).
+our `DrainingProducer.flush` (streams/transport.py) flushes this one too; the alert lane
+flushes these and its own strict one before its commits. Delivery and detour records use
+a `strict` producer: one the broker did not take stops the commit. DLQ records stay on
+faust's producer (they are few).
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ log = logging.getLogger(__name__)
 
 class DirectProducer:
     """`strict`: a record the broker never took makes the next `flush` raise, so no
-    offset is committed past it (faust then stops the worker, and its restart reads
-    again from the last commit). Without it (status records, informational) the loss
-    is logged and counted."""
+    offset is committed past it (the alert lane then reads again from its last commit).
+    Without it (status records, informational) the loss is logged and counted."""
 
     def __init__(self, bootstrap_servers: str, client_id: str, *, strict: bool = False) -> None:
         self._producer = Producer(
@@ -62,10 +62,27 @@ class DirectProducer:
     def topic(self, name: str) -> DirectTopic:
         return DirectTopic(self, name)
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        partition: int = -1,  # -1: the partitioner's choice
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp_ms: int = 0,  # 0: now
+    ) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._delivered)
+                self._producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition,
+                    on_delivery=self._delivered,
+                    timestamp=timestamp_ms,
+                    headers=headers,  # type: ignore[arg-type]  # (list is invariant)
+                )
                 return
             except BufferError:  # the queue is full: let librdkafka send some first
                 self._producer.poll(0.05)

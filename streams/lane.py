@@ -1,36 +1,37 @@
-"""The batch lane: alerts for batching integrations (S3, GCS, Splunk) go from the alerts
-topics straight into their integration's buffers, without a delivery topic.
+"""Lanes: the alerts topics read in bulk with librdkafka, beside faust.
 
 Why: through faust every alert costs a trip through its consumer, conductor, stream and
-producer per pass, and the delivery-topic path took two passes (router, then sink agent)
-plus a second parse of the alert (bench/analysis.md). The lane reads the same alerts in
-bulk with librdkafka (confluent-kafka, in a thread of its own), routes them with the
-router's own rules (`RouteRules`) and the config table, and hands them to the same batch
-writers. The router keeps delivering per-alert types and dead-letters what cannot be
-decoded; the lane skips such records.
+producer, ~100-150 µs of the one event loop per record (bench/analysis.md). A lane reads
+the same alerts in bulk (confluent-kafka, in a thread of its own, thousands of records
+per call) and hands them on. Two lanes read the alerts topics, each with its own
+consumer group, so that neither can hold the other up:
 
-Which partitions: exactly those of the alerts topics that faust assigned to this worker
-(the router's), taken once faust has recovered the config table after each rebalance
-(`on_rebalance_complete`) and dropped when they are revoked: the lane only ever reads
-the tenants whose configs this worker holds.
+- the routing lane (streams/routing_lane.py) writes a delivery record per alert and
+  per-alert integration, sends alerts read on the wrong partition on to their tenant's,
+  and dead-letters what cannot be decoded; committed as soon as those records are on
+  the broker;
+- the batch lane (streams/batch_lane.py) buffers alerts for S3, GCS and Splunk and is
+  committed only up to the first alert not yet written (a destination that is down
+  stops it, and only it).
 
-Where it resumes: its own consumer group, `<app_id>-batching`, whose position for a
-partition is the first alert read that is not yet written (or dead-lettered) — so a
-crash re-reads what was only buffered, and the sinks' object naming turns the re-write
-into a no-op (README, "written once"). The first time the lane reads a partition its
-group has no position: it starts where faust's group is (an upgrade: what came before
-was routed to the delivery topic, which `BatchingAgent` still empties), else at the
-beginning (like faust), and commits that start at once.
+Which partitions: those of the alerts topics whose tenants' configs this worker holds,
+i.e. the partitions of `<app_id>-configs-by-tenant` that faust assigned to it, taken
+once faust has recovered the config table after each rebalance
+(`on_rebalance_complete`) and dropped when they are revoked.
+
+Where a lane resumes: its group's position. The first time it reads a partition its
+group has none: it starts where faust's group is (an upgrade: faust's router read the
+alerts before the lanes did), else at the beginning (like faust), and commits that
+start at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -43,18 +44,13 @@ from confluent_kafka import (  # type: ignore[import-untyped]
 )
 from faust.types import TableT
 
-from schemas.codec import DecodeError, decode_alert
-from schemas.models import DeadLetter, IntegrationConfig, idempotency_key
-from sinks.base import BatchingSink, BatchRecord
-from sinks.secretbox import SecretBox
+from schemas.models import DeadLetter
 from streams import metrics
 from streams.agents.router import RouteRules
-from streams.batch_writer import BatchWriter
-from streams.batcher import Pending
 from streams.delivery import Reporter
 from streams.settings import Settings
 
-__all__ = ["BatchLane", "LaneAcks"]
+__all__ = ["Lane", "LaneAcks", "produced_at"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +76,7 @@ class _Read:
 
 
 class LaneAcks:
-    """Per partition read: the alerts still waiting in a buffer, and how far the lane's
+    """Per partition read: the alerts still held (in a buffer), and how far the lane's
     group may be committed (the first of them, or everything read).
 
     Offsets are read in order, so the dict of pending offsets is in offset order and its
@@ -135,6 +131,9 @@ class LaneAcks:
             if part is not None:
                 part.committed = max(part.committed, position)
 
+    def last_committed(self) -> dict[TopicPart, int]:
+        return {tp: part.committed for tp, part in self._parts.items()}
+
     def waiting(self) -> int:
         return sum(len(p.pending) for p in self._parts.values())
 
@@ -143,56 +142,84 @@ def _where(msg: Any) -> str:
     return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
 
 
-class BatchLane:
-    """One per worker; `run` is its task, the two `on_*` methods faust's rebalance hooks."""
+def produced_at(msg: Any) -> tuple[float | None, int]:
+    """When the record was produced: seconds (None if unknown), and milliseconds (0)."""
+    stamp_type, stamp = msg.timestamp()
+    if stamp_type == TIMESTAMP_NOT_AVAILABLE:
+        return None, 0
+    return stamp / 1000, stamp
+
+
+class Lane:
+    """One reader of the alerts topics; `run` is its task, the two `on_*` methods faust's
+    rebalance hooks. Subclasses say what to do with each record (`_take_one`), what to
+    do after each read (`_after_read`), and what must be on the broker before a commit
+    (`flushes`)."""
+
+    name = "lane"
 
     def __init__(
         self,
         settings: Settings,
         table: TableT,
         rules: RouteRules,
-        sinks: dict[str, BatchingSink[Any]],
         reporter: Reporter,
-        box: SecretBox,
-        flush_producer: Callable[[], Awaitable[None]],
+        group: str,
+        earlier_group: str,
+        flushes: Sequence[Callable[[], Awaitable[None]]],
     ) -> None:
         self.settings = settings
         self.table = table
         self.rules = rules
-        self.topics = frozenset({settings.topic_alerts, rules.detour_topic, rules.replay_topic})
-        self.writers = {
-            kind: BatchWriter(sink, settings, reporter, box, self._written)
-            for kind, sink in sinks.items()
-        }
-        self.acks = LaneAcks()
         self.reporter = reporter
-        self._failed: list[tuple[Any, str]] = []  # records a bug kept from their buffers
-        self._flush_producer = flush_producer
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-lane")
+        self.group = group
+        self.topics = frozenset({settings.topic_alerts, rules.detour_topic, rules.replay_topic})
+        self.acks = LaneAcks()
+        self._earlier_group = earlier_group
+        self._flushes = tuple(flushes)
+        self._failed: list[tuple[Any, str, str]] = []  # to dead-letter: record, reason, stage
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
         self._consumer: Any = None
         self._assigned: frozenset[TopicPart] = frozenset()
         self._wanted: frozenset[TopicPart] | None = None
         self._changed = asyncio.Event()
-        self._legacy: dict[TopicPart, int] = {}  # faust's group positions at start-up
-        self._configs: dict[tuple[str, int], IntegrationConfig] = {}
-        self._routed = {kind: metrics.ROUTED.labels(kind) for kind in sinks}
+        self._earlier: dict[TopicPart, int] = {}  # earlier versions' positions at start-up
         self._last_commit = time.monotonic()
-        self._read_any = False
+        self._reread = False  # a record of ours was refused: read again from the commit
+
+    # -- to override ---------------------------------------------------------------------
+
+    def _take_one(self, msg: Any) -> None:
+        raise NotImplementedError
+
+    async def _after_read(self) -> None:
+        """Once per read, after its records were taken."""
+
+    async def _before_next_read(self) -> None:
+        """Once per read, after the commit that may follow it (a place to wait)."""
+
+    def _drop_all(self) -> None:
+        """Forget what is held for records read so far (partitions move, or re-read)."""
 
     # -- faust's hooks ---------------------------------------------------------------
 
+    def _mirrored(self, tps: Iterable[Any]) -> set[TopicPart]:
+        home = self.settings.configs_by_tenant_topic
+        parts = {tp.partition for tp in tps if tp.topic == home}
+        return {(topic, p) for topic in self.topics for p in parts}
+
     def on_assigned(self, assignment: Iterable[Any]) -> None:
         """The rebalance is complete and the config table recovered: read these."""
-        wanted = frozenset((tp.topic, tp.partition) for tp in assignment if tp.topic in self.topics)
+        wanted = frozenset(self._mirrored(assignment))
         if wanted != self._assigned or self._wanted is not None:
             self._wanted = wanted
             self._changed.set()
 
     def on_revoked(self, revoked: Iterable[Any]) -> None:
-        """Stop reading revoked partitions at once (their buffers are dropped: the new
-        owner re-reads them). Nothing is awaited here, inside faust's rebalance: the run
-        loop commits what was written before it reads anything again (`_apply`)."""
-        gone = {(tp.topic, tp.partition) for tp in revoked if tp.topic in self.topics}
+        """Stop reading revoked partitions at once (what is held for them is dropped:
+        the new owner re-reads them). Nothing is awaited here, inside faust's rebalance:
+        the run loop commits what was done before it reads anything again (`_apply`)."""
+        gone = self._mirrored(revoked)
         if not gone & self._assigned:
             return
         self._wanted = self._assigned - gone
@@ -204,9 +231,11 @@ class BatchLane:
 
     async def run(self) -> None:
         self._consumer = await self._call(Consumer, self._config(), logger=log)
-        self._legacy = await self._call(self._faust_positions)
+        self._earlier = await self._call(self._earlier_positions)
         try:
             while True:
+                if self._reread:
+                    await self._read_again()
                 if self._wanted is not None:
                     await self._apply(self._wanted)
                 if not self._assigned:
@@ -214,16 +243,14 @@ class BatchLane:
                     await self._changed.wait()
                     continue
                 epoch = self.acks.epoch
-                messages = await self._call(self._consumer.consume, READ_MAX, 0.1)
+                messages = await self._call(self._read)
                 if epoch == self.acks.epoch and self._wanted is None:
                     self._take(messages)
                     await self._dead_letter_failed()
-                for writer in self.writers.values():
-                    writer.spawn(writer.batcher.due())
+                await self._after_read()
                 if time.monotonic() - self._last_commit >= self.settings.commit_interval:
                     await self._commit()
-                for writer in self.writers.values():
-                    await writer.wait_for_room()
+                await self._before_next_read()
         finally:
             await asyncio.shield(self._close())
 
@@ -231,89 +258,52 @@ class BatchLane:
         try:
             await asyncio.wait_for(self._commit(), timeout=10)
         except Exception as exc:  # shutting down: what is not committed is re-read
-            log.warning("batch lane: last commit failed: %s", exc)
+            log.warning("%s: last commit failed: %s", self.name, exc)
         if self._consumer is not None:
             await self._call(self._consumer.close)
         self._pool.shutdown(wait=False)
 
     # -- reading ---------------------------------------------------------------------
 
+    def _read(self) -> list[Any]:
+        """What librdkafka has fetched already, else the first record within 0.1 s and
+        what came with it. (Its `consume(n, timeout)` waits for all n or the timeout:
+        one alert a second would wait the whole timeout.)"""
+        consume = self._consumer.consume
+        messages: list[Any] = consume(READ_MAX, 0)
+        if not messages:
+            messages = consume(1, 0.1)
+            if messages:
+                messages.extend(consume(READ_MAX - 1, 0))
+        return messages
+
     def _take(self, messages: list[Any]) -> None:
         if not messages:
             return
-        if not self._read_any:
-            self._read_any = True
-            metrics.LANE_FIRST_READ.set(time.time())
-        metrics.LANE_READ.inc(len(messages))
-        ready: dict[str, list[Pending]] = {}
         for msg in messages:
             if msg.error() is not None:
-                log.warning("batch lane: read error: %s", msg.error())
+                log.warning("%s: read error: %s", self.name, msg.error())
                 continue
             try:
-                self._take_one(msg, ready)
+                self._take_one(msg)
             except Exception as exc:  # a bug must still end the alert somewhere visible
-                log.exception("batch lane: internal error at %s", _where(msg))
+                log.exception("%s: internal error at %s", self.name, _where(msg))
                 self.acks.read((msg.topic(), msg.partition()), msg.offset(), 0)
-                self._failed.append(
-                    (msg, f"internal error in the batch lane: {type(exc).__name__}")
-                )
-        for kind, batches in ready.items():
-            self.writers[kind].spawn(batches)
+                reason = f"internal error in the {self.name}: {type(exc).__name__}"
+                self._failed.append((msg, reason, "route"))
 
-    def _take_one(self, msg: Any, ready: dict[str, list[Pending]]) -> None:
-        acks, writers, rules, table = self.acks, self.writers, self.rules, self.table
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        tp = (topic, partition)
-        headers = msg.headers()
-        try:
-            alert = decode_alert(msg.value(), headers)
-        except DecodeError:  # the router dead-letters it
-            acks.read(tp, offset, 0)
-            return
-        entries = table.get(alert.tenant_id)
-        route = rules.route(topic, partition, offset, headers, alert, entries) if entries else None
-        targets = []
-        if route is not None:
-            src_topic, src_partition, src_offset = route.source
-            for config in route.configs:
-                writer = writers.get(config["type"])
-                if writer is None:
-                    continue
-                integration = self._integration(config)
-                key = (integration.key, partition, src_topic, src_partition)
-                if not route.redrive and writer.batcher.holds(key, src_offset):
-                    continue  # read again (a replay of what is written): not counted twice
-                targets.append((writer, key, integration))
-        handle = acks.read(tp, offset, len(targets))
-        if route is None or handle is None:
-            return
-        stamp_type, stamp = msg.timestamp()
-        produced_at = None if stamp_type == TIMESTAMP_NOT_AVAILABLE else stamp / 1000
-        record: BatchRecord | None = None
-        for writer, key, integration in targets:
-            idem = idempotency_key(alert.alert_id, integration.integration_id)
-            # The alert's line is serialised once, however many integrations take it.
-            record = (
-                BatchRecord.make(alert, idem, src_offset, produced_at, route.redrive)
-                if record is None
-                else dataclasses.replace(record, idempotency_key=idem)
-            )
-            pending = writer.batcher.add_record(
-                key, integration, integration.version or 0, record, handle
-            )
-            self._routed[integration.type].inc()
-            if pending is not None:
-                ready.setdefault(integration.type, []).append(pending)
+    def _dead_letter(self, msg: Any, reason: str, stage: str) -> None:
+        """Dead-letter this record (sent before the next commit)."""
+        self._failed.append((msg, reason, stage))
 
     async def _dead_letter_failed(self) -> None:
         failed, self._failed = self._failed, []
-        for msg, reason in failed:
-            metrics.DLQ.labels("-", "route").inc()
+        for msg, reason, stage in failed:
+            metrics.DLQ.labels("-", stage).inc()
             await self.reporter.dead_letter(
                 DeadLetter(
                     reason=reason,
-                    stage="route",
+                    stage=stage,
                     source_topic=msg.topic(),
                     source_partition=msg.partition(),
                     source_offset=msg.offset(),
@@ -322,25 +312,6 @@ class BatchLane:
                     or None,
                 )
             )
-
-    def _integration(self, config: dict[str, Any]) -> IntegrationConfig:
-        """The config table's entry as a model, parsed once per version."""
-        key = (f"{config['tenant_id']}/{config['integration_id']}", int(config["version"]))
-        integration = self._configs.get(key)
-        if integration is None:
-            if len(self._configs) > 10_000:
-                self._configs.clear()
-            integration = self._configs[key] = IntegrationConfig.model_validate(config)
-        return integration
-
-    def _written(self, handles: list[Any]) -> None:
-        done = self.acks.done
-        for handle in handles:
-            done(handle)
-
-    def _drop_all(self) -> None:
-        for writer in self.writers.values():
-            writer.drop_partitions(range(self.rules.partitions))
 
     # -- positions -------------------------------------------------------------------
 
@@ -355,21 +326,34 @@ class BatchLane:
             return
         try:
             starts = await self._call(self._starts, wanted)
-            await self._call(
-                self._consumer.assign, [TopicPartition(t, p, o) for (t, p), o in starts.items()]
-            )
+            await self._assign(starts)
         except KafkaException as exc:
-            log.warning("batch lane: cannot take partitions yet (%s); trying again", exc)
+            log.warning("%s: cannot take partitions yet (%s); trying again", self.name, exc)
             await asyncio.sleep(1)
             if self._wanted is None:
                 self._wanted = wanted
             return
-        self.acks.reset(starts)
         self._assigned = wanted
         log.info(
-            "batch lane reads %s",
+            "%s reads %s",
+            self.name,
             ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(starts.items())),
         )
+
+    async def _assign(self, starts: dict[TopicPart, int]) -> None:
+        await self._call(
+            self._consumer.assign, [TopicPartition(t, p, o) for (t, p), o in starts.items()]
+        )
+        self.acks.reset(starts)
+
+    async def _read_again(self) -> None:
+        """Back to the last commit: something read since then may not have reached
+        the broker (`_commit`)."""
+        self._reread = False
+        starts = self.acks.last_committed()
+        self._drop_all()
+        await self._assign(starts)
+        log.warning("%s: reading again from %s", self.name, starts)
 
     def _starts(self, wanted: frozenset[TopicPart]) -> dict[TopicPart, int]:
         """Where to read each partition from (in the lane's thread); new ones committed."""
@@ -381,7 +365,7 @@ class BatchLane:
             if tp.offset >= 0:
                 starts[where] = tp.offset
                 continue
-            start = self._legacy.get(where)
+            start = self._earlier.get(where)
             if start is None:
                 start, _high = self._consumer.get_watermark_offsets(tp, timeout=30)
             starts[where] = start
@@ -390,17 +374,17 @@ class BatchLane:
             self._consumer.commit(offsets=fresh, asynchronous=False)
         return starts
 
-    def _faust_positions(self) -> dict[TopicPart, int]:
-        """faust's group's committed positions of the alerts topics, read once at start-up
-        (before this process's router commits anything): where an upgraded worker's
-        lane begins."""
+    def _earlier_positions(self) -> dict[TopicPart, int]:
+        """The committed positions of the group that read the alerts before this lane
+        existed (faust's, whose router did), read once at start-up: where an upgraded
+        worker's lane begins."""
         tps = [
             TopicPartition(t, p) for t in sorted(self.topics) for p in range(self.rules.partitions)
         ]
         reader = Consumer(
             {
                 "bootstrap.servers": self.settings.bootstrap_servers,
-                "group.id": self.settings.app_id,
+                "group.id": self._earlier_group,
                 "enable.auto.commit": False,
             },
             logger=log,
@@ -408,7 +392,7 @@ class BatchLane:
         try:
             found = reader.committed(tps, timeout=30)
         except KafkaException as exc:
-            log.warning("batch lane: cannot read faust's positions: %s", exc)
+            log.warning("%s: cannot read %s's positions: %s", self.name, self._earlier_group, exc)
             return {}
         finally:
             reader.close()
@@ -419,13 +403,20 @@ class BatchLane:
         positions = self.acks.moved()
         if not positions or self._consumer is None:
             return
-        # The status and DLQ records of what was written go out before its offsets.
-        await self._flush_producer()
+        # What the alerts below these positions made (delivery, status, DLQ records)
+        # goes out before the positions.
+        try:
+            for flush in self._flushes:
+                await flush()
+        except KafkaException as exc:
+            log.error("%s: %s; reading again from the last commit", self.name, exc)
+            self._reread = True
+            return
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         try:
             await self._call(self._consumer.commit, offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            log.warning("batch lane: commit failed (will retry): %s", exc)
+            log.warning("%s: commit failed (will retry): %s", self.name, exc)
             return
         self.acks.committed(positions)
 
@@ -433,8 +424,8 @@ class BatchLane:
         settings = self.settings
         return {
             "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": settings.batch_lane_group,
-            "client.id": f"{settings.app_id}-batch-lane",
+            "group.id": self.group,
+            "client.id": f"{settings.app_id}-{self.name.replace(' ', '-')}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",

@@ -15,14 +15,15 @@ from sinks.secretbox import SecretBox
 from streams.agents.config import make_config_agents
 from streams.agents.health import make_health_agent
 from streams.agents.retry import make_parker, make_retry_agent
-from streams.agents.router import RouteRules, make_router
+from streams.agents.router import RouteRules
 from streams.agents.sinks import BatchingAgent, PerAlertAgent
 from streams.api.integrations import IntegrationService
 from streams.api.views import register_api, register_views
 from streams.app import create_app
+from streams.batch_lane import BatchLane
 from streams.direct_producer import DirectProducer
-from streams.lane import BatchLane
 from streams.reporter import KafkaReporter
+from streams.routing_lane import RoutingLane
 from streams.settings import Settings
 from streams.tables import declare_config_table, declare_health_table
 from streams.topics import Topics
@@ -48,11 +49,12 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     topics = Topics.declare(app, settings, partitions, sorted(sinks))
     table = declare_config_table(app, partitions)
     health = declare_health_table(app, partitions)
-    # Delivery and status records (one per alert, one per attempt) go through librdkafka;
-    # faust flushes both producers before every commit (streams/direct_producer.py).
+    # Status records (one per attempt) go through librdkafka; faust flushes that producer
+    # before every commit (streams/direct_producer.py). The routing lane's delivery
+    # records have a strict producer of their own, flushed before the lane's commits.
     direct = DirectProducer(settings.bootstrap_servers, f"{settings.app_id}-status")
     routed = DirectProducer(settings.bootstrap_servers, f"{settings.app_id}-router", strict=True)
-    app.extra_flushes = (direct.flush, routed.flush)
+    app.extra_flushes = (direct.flush,)
     reporter = KafkaReporter(
         direct.topic(settings.topic_status), topics.dlq, direct.topic(settings.health_topic)
     )
@@ -60,25 +62,22 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     intake, apply = make_config_agents(topics, table, reporter, box)
     app.agent(topics.integrations, name="config-intake")(intake)
     app.agent(topics.configs_by_tenant, name="config-apply")(apply)
+    # The alerts topics are read by two lanes beside faust (streams/lane.py): one writes
+    # delivery records for per-alert types, the other buffers alerts for batching ones.
     rules = RouteRules(partitions, settings.alerts_by_tenant_topic, settings.replay_topic)
-    per_alert_types = {k for k, s in sinks.items() if isinstance(s, PerAlertSink)}
-    app.agent(topics.alerts, name="router")(
-        make_router(
-            topics,
-            table,
-            reporter,
-            rules,
-            {k: routed.topic(settings.delivery_topic(k)) for k in per_alert_types},
-        )
-    )
-    # Alerts for batching integrations take the batch lane instead of a delivery topic.
+    per_alert_types = sorted(k for k, s in sinks.items() if isinstance(s, PerAlertSink))
     batching = {k: s for k, s in sinks.items() if isinstance(s, BatchingSink)}
-    lane = BatchLane(settings, table, rules, batching, reporter, box, app.producer.flush)
-    app.task(lane.run)
+    lanes = (
+        RoutingLane(settings, table, rules, per_alert_types, reporter, routed, app.producer.flush),
+        BatchLane(settings, table, rules, batching, reporter, box, app.producer.flush),
+    )
+    for lane in lanes:
+        app.task(lane.run)
 
     @app.on_rebalance_complete.connect  # type: ignore[untyped-decorator]
     async def _rebalanced(_app: Any, **_kw: Any) -> None:
-        lane.on_assigned(app.consumer.assignment())
+        for lane in lanes:
+            lane.on_assigned(app.consumer.assignment())
 
     # Fed by the reporter with the status records that can change health, not all of them.
     app.agent(topics.health, name="health")(make_health_agent(health))
@@ -109,10 +108,11 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
                 holder.on_revoked(revoked)
             except Exception:  # faust would crash the worker on an exception here
                 log.exception("%s: handling revoked partitions failed", holder.sink.type_name)
-        try:
-            lane.on_revoked(revoked)
-        except Exception:  # faust would crash the worker on an exception here
-            log.exception("batch lane: handling revoked partitions failed")
+        for lane in lanes:
+            try:
+                lane.on_revoked(revoked)
+            except Exception:  # faust would crash the worker on an exception here
+                log.exception("%s: handling revoked partitions failed", lane.name)
 
     register_views(app, table)
     register_api(app, table, IntegrationService(table, topics, box, sinks, health), partitions)

@@ -131,8 +131,13 @@ class Settings:
 
     @property
     def batch_lane_group(self) -> str:
-        """The batch lane's consumer group (streams/lane.py): its own positions."""
+        """The batch lane's consumer group (streams/batch_lane.py): its own positions."""
         return f"{self.app_id}-batching"
+
+    @property
+    def routing_lane_group(self) -> str:
+        """The routing lane's consumer group (streams/routing_lane.py)."""
+        return f"{self.app_id}-routing"
 
     @property
     def alerts_by_tenant_topic(self) -> str:

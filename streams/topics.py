@@ -80,8 +80,6 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
 
 @dataclass(frozen=True)
 class Topics:
-    alerts: TopicT
-    alerts_by_tenant: TopicT
     integrations: TopicT
     configs_by_tenant: TopicT
     status: TopicT
@@ -104,14 +102,9 @@ class Topics:
                 **kw,  # type: ignore[arg-type]
             )
 
+        # The alerts topics (alerts, the detour, replay) are read by the lanes
+        # (streams/lane.py), not by faust.
         return cls(
-            # Alerts that came in on the partition their tenant's configs are not on
-            # (a producer with another partitioner) are forwarded to the second topic;
-            # the third carries replayed and redriven alerts.
-            alerts=raw(
-                settings.topic_alerts, settings.alerts_by_tenant_topic, settings.replay_topic
-            ),
-            alerts_by_tenant=raw(settings.alerts_by_tenant_topic, partitions=partitions),
             integrations=raw(settings.topic_integrations, compacting=True, deleting=False),
             configs_by_tenant=raw(settings.configs_by_tenant_topic, partitions=partitions),
             status=raw(settings.topic_status),

@@ -1,24 +1,15 @@
-"""The router: every alert to each matching integration of its tenant, one record each."""
+"""Routing rules: which integrations of its tenant an alert goes to, where it is named
+from, and the records that carry it there. The alert lane (streams/lane.py) applies them."""
 
 from __future__ import annotations
 
-import base64
 import functools
-import logging
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from faust.types import EventT, StreamT, TableT
 
-from schemas.codec import DecodeError, decode_alert
-from schemas.models import RISK_ORDER, Alert, DeadLetter, idempotency_key
-from streams import metrics
-from streams.delivery import Reporter
-from streams.reporter import RecordTopic
-from streams.topics import Topics
+from schemas.models import RISK_ORDER, Alert, idempotency_key
 from streams.wire import dumps
 
 __all__ = [
@@ -27,7 +18,8 @@ __all__ = [
     "SOURCE_HEADER",
     "Route",
     "RouteRules",
-    "make_router",
+    "delivery_record",
+    "detour_headers",
     "matching",
     "tenant_partition",
 ]
@@ -35,8 +27,6 @@ __all__ = [
 SOURCE_HEADER = "x-alertrelay-source"  # "<topic>/<partition>/<offset>" of the original
 ONLY_HEADER = "x-alertrelay-only"  # replay/redrive to this integration id only
 REDRIVE_HEADER = "x-alertrelay-redrive"  # from the DLQ: known not to be delivered
-
-log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -90,8 +80,7 @@ class Route:
 
 @dataclass(frozen=True)
 class RouteRules:
-    """What deciding a route needs besides the alert; the router and the batch lane
-    (streams/lane.py) decide alike."""
+    """What deciding a route needs besides the alert and its tenant's configs."""
 
     partitions: int
     detour_topic: str
@@ -106,8 +95,8 @@ class RouteRules:
         alert: Alert,
         entries: dict[str, Any] | None,
     ) -> Route | None:
-        """None: read on a partition its tenant's configs are not on (the router sends
-        it to the detour topic, where it is read again with its origin)."""
+        """None: read on a partition its tenant's configs are not on (the lane sends it
+        to the detour topic, where it is read again with its origin)."""
         trusted = topic == self.detour_topic or topic == self.replay_topic
         source = _source_of(topic, partition, offset, headers) if trusted else None
         if source is None and partition != tenant_partition(alert.tenant_id, self.partitions):
@@ -140,92 +129,37 @@ def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> lis
     return out
 
 
-def make_router(
-    topics: Topics,
-    table: TableT,
-    reporter: Reporter,
-    rules: RouteRules,
-    delivery_out: Mapping[str, RecordTopic],
-) -> Any:
-    """The router agent. `delivery_out` are the delivery topics it writes to, by type
-    (per-alert types only: the batching ones are the batch lane's, streams/lane.py)."""
+def delivery_record(
+    alert: Alert,
+    wire: dict[str, Any],
+    config: dict[str, Any],
+    source: tuple[str, int, int],
+    routed_at: float,
+    produced_at: float | None,
+    redrive: bool,
+) -> bytes:
+    """One per-alert delivery record (the JSON `streams.delivery` reads back): the alert,
+    its integration's config as stored, and the location that names the alert."""
+    src_topic, src_partition, src_offset = source
+    return dumps(
+        {
+            "alert": wire,
+            "integration": config,
+            "config_version": config["version"],
+            "idempotency_key": idempotency_key(alert.alert_id, config["integration_id"]),
+            "source_topic": src_topic,
+            "source_partition": src_partition,
+            "source_offset": src_offset,
+            "routed_at": routed_at,
+            "produced_at": produced_at,
+            "redrive": redrive,
+        }
+    )
 
-    async def dead(event: EventT, reason: str) -> None:
-        msg = event.message
-        metrics.ALERTS.labels("invalid").inc()
-        metrics.DLQ.labels("-", "decode").inc()
-        log.warning(
-            "undecodable alert at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason
-        )
-        await reporter.dead_letter(
-            DeadLetter(
-                reason=reason,
-                stage="decode",
-                source_topic=msg.topic,
-                source_partition=msg.partition,
-                source_offset=msg.offset,
-                at=time.time(),
-                payload_b64=base64.b64encode((msg.value or b"")[: 64 * 1024]).decode() or None,
-            )
-        )
 
-    async def route(stream: StreamT[Any]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            try:
-                alert = decode_alert(msg.value, msg.headers)
-            except DecodeError as exc:
-                await dead(event, str(exc))
-                continue
-            entries = table.get(alert.tenant_id)
-            plan = rules.route(msg.topic, msg.partition, msg.offset, msg.headers, alert, entries)
-            if plan is None:
-                # Produced with another partitioner: send it to where its configs are,
-                # remembering where it came from (that, not the detour, names it).
-                headers = [
-                    *_header_items(msg.headers),
-                    (SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
-                ]
-                topics.alerts_by_tenant.send_soon(
-                    key=alert.tenant_id.encode(),
-                    value=msg.value,
-                    partition=tenant_partition(alert.tenant_id, rules.partitions),
-                    headers=headers,
-                    timestamp=msg.timestamp,
-                    force=True,
-                )
-                continue
-            if not plan.configs:
-                metrics.ALERTS.labels("no_match" if entries is not None else "unknown_tenant").inc()
-                continue
-            metrics.ALERTS.labels("routed").inc()
-            src_topic, src_partition, src_offset = plan.source
-            wire: dict[str, Any] | None = None
-            now = time.time()
-            for config in plan.configs:
-                kind = config["type"]
-                out = delivery_out.get(kind)
-                if out is None:  # the batch lane's, or a type this build lacks
-                    continue
-                if wire is None:
-                    wire = alert.wire()
-                record = {
-                    "alert": wire,
-                    "integration": config,
-                    "config_version": config["version"],
-                    "idempotency_key": idempotency_key(alert.alert_id, config["integration_id"]),
-                    "source_topic": src_topic,
-                    "source_partition": src_partition,
-                    "source_offset": src_offset,
-                    "routed_at": now,
-                    "produced_at": msg.timestamp,
-                    "redrive": plan.redrive,
-                }
-                out.send_soon(
-                    key=f"{alert.tenant_id}/{config['integration_id']}".encode(),
-                    value=dumps(record),
-                    force=True,
-                )
-                metrics.ROUTED.labels(kind).inc()
-
-    return route
+def detour_headers(
+    headers: Any, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """An alert's headers plus where it was read: sent on to the partition its tenant's
+    configs are on, the alert is named by that location, not by the detour's."""
+    return [*_header_items(headers), (SOURCE_HEADER, f"{topic}/{partition}/{offset}".encode())]

@@ -1,8 +1,8 @@
-"""The batch lane on a real broker: where it commits, and where it starts.
+"""The lanes on a real broker: where the batch lane commits, and where both start.
 
-Its consumer group (`<app_id>-batching`) may only be committed past an alert once the
-alert is in an object; a partition it has never read starts where faust's group is
-(an upgraded worker: what came before went through the delivery topic).
+The batch lane's group (`<app_id>-batching`) may only be committed past an alert once the
+alert is in an object; a partition a lane has never read starts where faust's group is
+(an upgraded worker: faust's router read the alerts before the lanes).
 """
 
 from __future__ import annotations
@@ -144,11 +144,12 @@ def test_the_lane_commits_an_alert_only_once_its_object_is_written(
     )
 
 
-def test_an_upgraded_worker_starts_where_faust_s_group_is(
+def test_an_upgraded_worker_s_lanes_start_where_the_earlier_version_stopped(
     kafka_bootstrap: str, moto_s3: str, tmp_path: Path
 ) -> None:
-    """Alerts the earlier version routed (below faust's committed position) are not
-    batched again by the lane; those after it are."""
+    """Two versions back, faust's group (`<app_id>`) routed the alerts; one version back,
+    the batch lane had its own group already. The routing lane, new, starts where faust's
+    group is; the batch lane resumes at its own position."""
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -158,12 +159,16 @@ def test_an_upgraded_worker_starts_where_faust_s_group_is(
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     for future in admin.create_topics([NewTopic(fresh.alerts, PARTITIONS, 1)]).values():
         future.result()
-    old = [make_alert(i, tenant, alert_id=f"old-{i}") for i in range(3)]
+    old = [make_alert(i, tenant, alert_id=f"old-{i}") for i in range(4)]
     produce(kafka_bootstrap, fresh.alerts, [(tenant, a) for a in old])
-    # The earlier version's router committed past them (its group had no members left).
-    faust_group = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": fresh.app_id})
-    faust_group.commit(offsets=[TopicPartition(fresh.alerts, partition, 3)], asynchronous=False)
-    faust_group.close()
+    # The earlier version's groups (no members left): its router had routed two alerts,
+    # its batch lane had written all four.
+    for group, offset in ((fresh.app_id, 2), (f"{fresh.app_id}-batching", 4)):
+        earlier = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+        earlier.commit(
+            offsets=[TopicPartition(fresh.alerts, partition, offset)], asynchronous=False
+        )
+        earlier.close()
 
     env = {"AWS_ENDPOINT_URL": moto_s3, **ENV}
     proc = WorkerProcess(kafka_bootstrap, fresh, tmp_path, env)
@@ -175,6 +180,9 @@ def test_an_upgraded_worker_starts_where_faust_s_group_is(
         wait_for(lambda: len(stored_ids(moto_s3, tenant)) >= 3, 45, "the new alerts in S3")
         time.sleep(1)
         assert sorted(stored_ids(moto_s3, tenant)) == sorted(a["alert_id"] for a in new)
-        assert "batch lane reads" in proc.log_tail(400)
+        log = proc.log_tail(400).splitlines()
+        for lane, start in (("batch lane", 4), ("routing lane", 2)):
+            starts = next(line for line in log if f"{lane} reads" in line)
+            assert f"{fresh.alerts}[{partition}]@{start}" in starts
     finally:
         proc.stop()

@@ -116,16 +116,18 @@ def test_replay_redelivers_exactly_the_window(
     first_b = by_id(wait_quiet(receiver, "/w/b", 7))
     assert set(first_a) == {f"w-{i}" for i in range(6)} | {"w-late"}
 
-    # Once the worker has committed everything it read, its offsets must stay put.
+    # Once the worker has committed everything it read, its offsets must stay put (its
+    # routing lane's group: webhooks are per-alert integrations).
+    group = f"{topics.app_id}-routing"
     alerts_end = {p: o for p, o in high_watermarks(kafka_bootstrap, topics.alerts).items() if o}
     deadline = time.monotonic() + 30
     while True:
-        now = committed(kafka_bootstrap, topics.app_id, topics.alerts)
+        now = committed(kafka_bootstrap, group, topics.alerts)
         if {p: now.get(p) for p in alerts_end} == alerts_end:
             break
         assert time.monotonic() < deadline, f"worker committed {now}, end is {alerts_end}"
         time.sleep(0.3)
-    offsets_before = committed(kafka_bootstrap, topics.app_id, topics.alerts)
+    offsets_before = committed(kafka_bootstrap, group, topics.alerts)
     replay_topic = f"{topics.app_id}-replay"
     replay_before = high_watermarks(kafka_bootstrap, replay_topic)
 
@@ -181,7 +183,7 @@ def test_replay_redelivers_exactly_the_window(
 
     # The worker's committed offsets on the alerts topic never moved, and the replay
     # left no consumer group behind.
-    assert committed(kafka_bootstrap, topics.app_id, topics.alerts) == offsets_before
+    assert committed(kafka_bootstrap, group, topics.alerts) == offsets_before
     from confluent_kafka.admin import AdminClient
 
     groups = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_consumer_groups()

@@ -1,5 +1,5 @@
 """The batch lane's reading, without a broker: what it buffers, what it leaves to the
-router, and that a bug on one record dead-letters that record and moves on."""
+routing lane, and that a bug on one record dead-letters that record and moves on."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from schemas.models import IntegrationConfig
 from sinks.base import Batch, BatchingSink, BatchLimits
 from sinks.secretbox import SecretBox, generate_key_spec
 from streams.agents.router import RouteRules, tenant_partition
-from streams.lane import BatchLane
+from streams.batch_lane import BatchLane
 from streams.settings import Settings
 from tests.fakes.reporter import Recorder
 
@@ -123,7 +123,7 @@ async def test_alerts_of_batching_integrations_are_buffered_and_committed_once_w
     assert lane_.acks.position(("alerts", HOME)) == 3
 
 
-async def test_alerts_not_on_their_tenant_partition_are_left_to_the_router() -> None:
+async def test_alerts_not_on_their_tenant_partition_are_left_to_the_routing_lane() -> None:
     lane_, _, _ = lane({TENANT: {"lake": config("lake")}})
     other = (HOME + 1) % PARTITIONS
     lane_.acks.reset({("alerts", other): 0})

@@ -1,0 +1,253 @@
+"""The routing lane without a broker: the records it writes for each alert (delivery,
+detour, dead letter), which partitions it reads, and that a record the broker refused
+keeps its commit back and makes it read again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaException, TopicPartition
+
+from streams.agents.router import ONLY_HEADER, SOURCE_HEADER, RouteRules, tenant_partition
+from streams.routing_lane import RoutingLane
+from streams.settings import Settings
+from tests.fakes.reporter import Recorder
+
+PARTITIONS = 4
+TENANT = "acme"
+HOME = tenant_partition(TENANT, PARTITIONS)
+STAMP_MS = 1_790_000_000_123
+SETTINGS = Settings()
+
+
+class Msg:
+    """What confluent-kafka's Message offers the lane."""
+
+    def __init__(
+        self,
+        offset: int,
+        value: bytes,
+        partition: int = HOME,
+        topic: str = "alerts",
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self._offset, self._value, self._partition = offset, value, partition
+        self._topic, self._headers = topic, headers
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_CREATE_TIME, STAMP_MS
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.refuse = False
+
+    def send(self, topic: str, key: bytes | None, value: bytes, **kw: Any) -> None:
+        self.sent.append({"topic": topic, "key": key, "value": value, **kw})
+
+    async def flush(self) -> None:
+        if self.refuse:
+            raise KafkaException("1 records were not written: not committing")
+
+
+class Consumer:
+    """The calls `Lane` makes on confluent-kafka's Consumer."""
+
+    def __init__(self, batches: list[list[Any]] | None = None) -> None:
+        self.commits: list[list[TopicPartition]] = []
+        self.assigned: list[list[TopicPartition]] = []
+        self.reads: list[tuple[int, float]] = []
+        self.batches = batches or []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(offsets)
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.assigned.append(tps)
+
+    def consume(self, n: int, timeout: float) -> list[Any]:
+        self.reads.append((n, timeout))
+        return self.batches.pop(0) if self.batches else []
+
+
+def alert(n: int, tenant: str = TENANT) -> bytes:
+    return orjson.dumps(
+        {
+            "alert_id": f"a-{n}",
+            "tenant_id": tenant,
+            "event_type": "client_side_risk",
+            "risk_level": "high",
+            "title": "t",
+            "detected_at": "2026-01-01T00:00:00Z",
+        }
+    )
+
+
+def config(iid: str, kind: str) -> dict[str, Any]:
+    return {
+        "config": {
+            "integration_id": iid,
+            "tenant_id": TENANT,
+            "type": kind,
+            "name": iid,
+            "enabled": True,
+            "event_types": ["client_side_risk"],
+            "min_risk_level": "low",
+            "settings": {"url": "https://example.com/x"},
+            "version": 3,
+        }
+    }
+
+
+TABLE = {
+    TENANT: {
+        "hook": config("hook", "webhook"),
+        "chat": config("chat", "slack"),
+        "lake": config("lake", "s3"),
+    }
+}
+
+
+def routing_lane(table: dict[str, Any] | None = None) -> tuple[RoutingLane, Outbox, Recorder]:
+    outbox, reporter = Outbox(), Recorder()
+    flushed: list[int] = []
+
+    async def flush_producer() -> None:
+        flushed.append(1)
+
+    rules = RouteRules(PARTITIONS, "detour", "replay")
+    lane = RoutingLane(
+        SETTINGS,
+        TABLE if table is None else table,  # type: ignore[arg-type]
+        rules,
+        ["webhook", "slack"],
+        reporter,
+        outbox,
+        flush_producer,
+    )
+    lane.acks.reset({("alerts", p): 0 for p in range(PARTITIONS)} | {("replay", HOME): 0})
+    return lane, outbox, reporter
+
+
+def test_an_alert_becomes_one_delivery_record_per_per_alert_integration() -> None:
+    lane, outbox, _ = routing_lane()
+    lane._take([Msg(7, alert(7))])
+    assert [(s["topic"], s["key"]) for s in outbox.sent] == [
+        (SETTINGS.delivery_topic("webhook"), f"{TENANT}/hook".encode()),
+        (SETTINGS.delivery_topic("slack"), f"{TENANT}/chat".encode()),
+    ]  # the S3 integration is the batch lane's
+    record = orjson.loads(outbox.sent[0]["value"])
+    assert record["alert"]["alert_id"] == "a-7"
+    assert record["integration"]["integration_id"] == "hook"
+    assert record["config_version"] == 3
+    assert (record["source_topic"], record["source_partition"], record["source_offset"]) == (
+        "alerts",
+        HOME,
+        7,
+    )
+    assert record["produced_at"] == STAMP_MS / 1000
+    assert record["redrive"] is False
+    assert lane.acks.position(("alerts", HOME)) == 8  # committed after the flush
+
+
+def test_a_replayed_alert_goes_only_to_the_integration_it_names_with_its_origin() -> None:
+    lane, outbox, _ = routing_lane()
+    headers = [(SOURCE_HEADER, f"alerts/{HOME}/41".encode()), (ONLY_HEADER, b"chat")]
+    lane._take([Msg(0, alert(1), topic="replay", headers=headers)])
+    assert [s["key"] for s in outbox.sent] == [f"{TENANT}/chat".encode()]
+    record = orjson.loads(outbox.sent[0]["value"])
+    assert (record["source_topic"], record["source_offset"]) == ("alerts", 41)
+
+
+def test_an_alert_on_another_partition_is_sent_on_to_its_tenants_with_its_origin() -> None:
+    lane, outbox, _ = routing_lane()
+    other = (HOME + 1) % PARTITIONS
+    lane._take([Msg(5, alert(5), partition=other, headers=[("trace", b"x")])])
+    [detour] = outbox.sent
+    assert detour["topic"] == "detour" and detour["partition"] == HOME
+    assert detour["key"] == TENANT.encode() and detour["value"] == alert(5)
+    assert detour["headers"] == [("trace", b"x"), (SOURCE_HEADER, f"alerts/{other}/5".encode())]
+    assert detour["timestamp_ms"] == STAMP_MS
+    assert lane.acks.position(("alerts", other)) == 6
+
+
+async def test_an_undecodable_alert_is_dead_lettered_and_the_lane_goes_on() -> None:
+    lane, outbox, reporter = routing_lane()
+    lane._take([Msg(0, b"{not json"), Msg(1, alert(1))])
+    await lane._dead_letter_failed()
+    [dead] = reporter.dead
+    assert (dead.stage, dead.source_topic, dead.source_offset) == ("decode", "alerts", 0)
+    assert dead.reason and dead.payload_b64
+    assert len(outbox.sent) == 2  # the next alert was routed
+    assert lane.acks.position(("alerts", HOME)) == 2
+
+
+def test_alerts_of_unknown_tenants_or_matching_nothing_write_nothing() -> None:
+    lane, outbox, _ = routing_lane({})
+    lane._take([Msg(0, alert(0))])
+    assert outbox.sent == []
+    assert lane.acks.position(("alerts", HOME)) == 1
+
+
+async def test_a_refused_record_keeps_the_commit_back_and_the_lane_reads_again() -> None:
+    lane, outbox, _ = routing_lane()
+    lane._consumer = consumer = Consumer()
+    lane._take([Msg(0, alert(0)), Msg(1, alert(1))])
+    outbox.refuse = True
+    await lane._commit()
+    assert consumer.commits == []
+    assert lane._reread
+    await lane._read_again()
+    assert {(tp.topic, tp.partition, tp.offset) for tp in consumer.assigned[-1]} >= {
+        ("alerts", HOME, 0)
+    }
+    outbox.refuse = False
+    lane._take([Msg(0, alert(0)), Msg(1, alert(1))])
+    await lane._commit()
+    [offsets] = consumer.commits
+    assert ("alerts", HOME, 2) in {(tp.topic, tp.partition, tp.offset) for tp in offsets}
+
+
+def test_the_lane_reads_the_alerts_partitions_of_the_config_partitions_it_holds() -> None:
+    lane, _, _ = routing_lane()
+    home = SETTINGS.configs_by_tenant_topic
+    lane.on_assigned([TopicPartition(home, 1), TopicPartition(home, 3), TopicPartition("x", 0)])
+    assert lane._wanted == {(t, p) for t in ("alerts", "detour", "replay") for p in (1, 3)}
+
+
+@pytest.mark.parametrize(
+    ("batches", "expected"),
+    [
+        ([[1, 2]], [(5000, 0)]),  # what is fetched already, without waiting
+        ([[], [1], [2, 3]], [(5000, 0), (1, 0.1), (4999, 0)]),  # waits for one only
+    ],
+)
+def test_a_read_takes_what_is_there_and_waits_only_for_a_first_record(
+    batches: list[list[Any]], expected: list[tuple[int, float]]
+) -> None:
+    lane, _, _ = routing_lane()
+    records = [r for batch in batches for r in batch]
+    lane._consumer = consumer = Consumer(batches)
+    assert lane._read() == records
+    assert consumer.reads == expected
