@@ -1,7 +1,7 @@
 """The batch lane: alerts for batching integrations (S3, GCS, Splunk) go from the alerts
 topics straight into their integration's buffers, without a delivery topic.
 
-It routes with the router's rules (`RouteRules`) and the config table and hands alerts
+It routes with the same rules (`RouteRules`) and the config table and hands alerts
 to the same batch writers the `BatchingAgent` uses (which still empties the batching
 delivery topics an earlier version wrote). Alerts it cannot decode, or that are on the
 wrong partition, are the routing lane's (streams/routing_lane.py): this lane skips them.

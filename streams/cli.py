@@ -46,6 +46,10 @@ def worker() -> None:
     Configured by environment variables (README: Configuration); the broker is
     KAFKA_BOOTSTRAP_SERVERS.
     """
+    from streams.malloc import limit_arenas
+
+    limit_arenas()  # before any thread starts (streams/malloc.py)
+
     import faust
 
     from sinks.registry import available_types

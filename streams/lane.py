@@ -60,6 +60,9 @@ T = TypeVar("T")
 
 READ_MAX = 5000  # records per read from librdkafka's queue
 PREFETCH_KB = 8 * 1024  # what librdkafka may hold fetched ahead of us (per lane)
+# Once that is full, librdkafka waits this long before fetching the partition again
+# (its default, 1 000 ms, capped a lane at ~8 MB/s: 11 000 alerts/s; bench/analysis.md).
+FETCH_QUEUE_BACKOFF_MS = 10
 
 
 @dataclass
@@ -157,6 +160,7 @@ class Lane:
     (`flushes`)."""
 
     name = "lane"
+    prefetch_kb = PREFETCH_KB
 
     def __init__(
         self,
@@ -430,7 +434,8 @@ class Lane:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": settings.fetch_max_wait_ms,
-            "queued.max.messages.kbytes": PREFETCH_KB,
+            "queued.max.messages.kbytes": self.prefetch_kb,
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

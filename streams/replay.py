@@ -3,7 +3,7 @@
 The alerts topic is read by record timestamp with a throwaway consumer that only assigns
 partitions and never commits, so the worker's consumer group and its offsets never move.
 Each alert in the window goes to the replay topic (`<app_id>-replay`) with the location
-it was first read from (`x-alertrelay-source`), so the router gives it the same
+it was first read from (`x-alertrelay-source`), so the routing lane gives it the same
 idempotency key and the same object names as on its first delivery; with
 `--integration` it also names the one integration to deliver to (`x-alertrelay-only`).
 

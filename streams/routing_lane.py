@@ -52,6 +52,8 @@ class Outbox(Protocol):
 
 class RoutingLane(Lane):
     name = "routing lane"
+    # It only decodes and produces: a small read-ahead keeps up (fan-out needs ~3 MB/s).
+    prefetch_kb = 2 * 1024
 
     def __init__(
         self,

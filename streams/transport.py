@@ -5,9 +5,9 @@
 - Producing: `DrainingProducer.flush` empties faust's producer buffer completely. faust
   flushes before every offset commit, but its buffer flush gives up as soon as no record
   left the buffer for 0.1 s (`ProducerBuffer.flush_atmost`), which on a busy event loop
-  lets a commit through while records sent with `send_soon` (the router's delivery
-  records, parked retries, status, DLQ) are still only in memory: a crash then loses
-  them although the offsets that produced them are committed.
+  lets a commit through while records sent with `send_soon` (parked retries, DLQ
+  records) are still only in memory: a crash then loses them although the offsets
+  that produced them are committed.
 """
 
 from __future__ import annotations

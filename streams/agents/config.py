@@ -3,8 +3,8 @@
 The `integrations` topic is keyed `<tenant>/<integration>`, but alerts are keyed by
 tenant. The intake agent validates each record and re-keys it by tenant onto an internal
 topic with the alerts topic's partition count; the apply agent folds that topic into the
-changelog-backed table. Table and alerts are then co-partitioned, so the router finds a
-tenant's configs locally on whichever worker owns the alert's partition.
+changelog-backed table. Table and alerts are then co-partitioned, so the lanes find a
+tenant's configs locally on the worker that reads the alert's partition.
 """
 
 from __future__ import annotations

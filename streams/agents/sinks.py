@@ -82,7 +82,7 @@ def _read_delivery(value: bytes) -> Delivery:
 async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | None:
     """A delivery record, or None after dead-lettering one that cannot be read.
 
-    Delivery records are written by our router, but anyone who can produce to a
+    Delivery records are written by our routing lane, but anyone who can produce to a
     delivery topic can write garbage there: what does not parse or validate is
     dead-lettered with the reason, never delivered.
     """

@@ -251,3 +251,13 @@ def test_a_read_takes_what_is_there_and_waits_only_for_a_first_record(
     lane._consumer = consumer = Consumer(batches)
     assert lane._read() == records
     assert consumer.reads == expected
+
+
+def test_a_full_read_ahead_delays_the_next_fetch_briefly_not_librdkafka_s_second() -> None:
+    """librdkafka's default `fetch.queue.backoff.ms` (1 s) capped a lane at ~11 000
+    alerts/s in the batching benchmark (bench/analysis.md); 10 ms gives ~20 000/s."""
+    lane, _, _ = routing_lane()
+    config = lane._config()
+    assert config["fetch.queue.backoff.ms"] == 10
+    assert config["queued.max.messages.kbytes"] == 2048  # it only decodes and produces
+    assert config["group.id"] == SETTINGS.routing_lane_group
