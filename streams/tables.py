@@ -5,7 +5,14 @@ from __future__ import annotations
 import faust
 from faust.types import TableT
 
-__all__ = ["declare_config_table", "declare_health_table"]
+__all__ = ["TABLES", "changelog_topic", "declare_config_table", "declare_health_table"]
+
+TABLES = ("configs", "health")
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """faust's name for a table's changelog topic."""
+    return f"{app_id}-{table}-changelog"
 
 
 def declare_config_table(app: faust.App, partitions: int) -> TableT:
@@ -15,7 +22,7 @@ def declare_config_table(app: faust.App, partitions: int) -> TableT:
     assigned a partition; configs are small, so recovery is quick.
     """
     return app.Table(
-        "configs",
+        TABLES[0],
         default=None,
         partitions=partitions,
         # No key_type/value_type: faust would treat `dict` as a Model and fail recovery
@@ -26,4 +33,4 @@ def declare_config_table(app: faust.App, partitions: int) -> TableT:
 
 def declare_health_table(app: faust.App, partitions: int) -> TableT:
     """tenant_id -> {integration_id: health}, folded from the internal health topic."""
-    return app.Table("health", default=None, partitions=partitions, help="integration health")
+    return app.Table(TABLES[1], default=None, partitions=partitions, help="integration health")

@@ -9,6 +9,7 @@ import faust
 from faust.types import TopicT
 
 from streams.settings import Settings
+from streams.tables import TABLES, changelog_topic
 
 __all__ = ["Topics", "prepare_topics"]
 
@@ -20,8 +21,11 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
 
     Tables and internal topics must have exactly as many partitions as the alerts topic
     (they are co-partitioned by tenant), so an existing alerts topic decides the count.
-    faust creates only its own changelog topics; the rest are created here, with a
-    replication factor of min(3, brokers).
+    Everything is created here, with a replication factor of min(3, brokers), the tables'
+    changelogs included: faust would create those itself, but a consumer that started
+    before its own topic existed keeps its stale metadata and faust never refreshes it
+    (the config agent then fails with `PartitionsMismatch` "... has 0 partitions" every
+    few seconds, seen under load).
     """
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -49,6 +53,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
         settings.health_topic: {},
         **{settings.delivery_topic(t): {} for t in types},
         **{settings.retry_topic(t): {} for t in settings.retry_tiers},
+        **{changelog_topic(settings.app_id, t): compacted for t in TABLES},
     }
     new = [
         NewTopic(name, num_partitions=partitions, replication_factor=replicas, config=config)
@@ -68,6 +73,7 @@ def prepare_topics(settings: Settings, types: list[str], timeout: float = 30.0) 
         settings.alerts_by_tenant_topic,
         settings.replay_topic,
         settings.health_topic,  # feeds the health table, co-partitioned by tenant
+        *(changelog_topic(settings.app_id, t) for t in TABLES),
     ):
         topic = existing.get(name)
         if topic is not None and topic.partitions and len(topic.partitions) != partitions:
