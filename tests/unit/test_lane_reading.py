@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
-from confluent_kafka import TIMESTAMP_CREATE_TIME
 from pydantic import BaseModel
 
 from schemas.models import IntegrationConfig
@@ -16,6 +14,7 @@ from sinks.secretbox import SecretBox, generate_key_spec
 from streams.agents.router import RouteRules, tenant_partition
 from streams.batch_lane import BatchLane
 from streams.settings import Settings
+from tests.fakes.kafka_message import Msg, alert_json, table_entry
 from tests.fakes.reporter import Recorder
 
 PARTITIONS = 4
@@ -43,61 +42,12 @@ class Lake(BatchingSink[Empty]):
         return "ok"
 
 
-class Msg:
-    """What confluent-kafka's Message offers the lane."""
-
-    def __init__(self, offset: int, value: bytes, partition: int = HOME) -> None:
-        self._offset, self._value, self._partition = offset, value, partition
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "alerts"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return TIMESTAMP_CREATE_TIME, 1_790_000_000_000
-
-
 def alert(n: int, tenant: str = TENANT) -> bytes:
-    return orjson.dumps(
-        {
-            "alert_id": f"a-{n}",
-            "tenant_id": tenant,
-            "event_type": "client_side_risk",
-            "risk_level": "high",
-            "title": "t",
-            "detected_at": "2026-01-01T00:00:00Z",
-        }
-    )
+    return alert_json(n, tenant)
 
 
 def config(iid: str, kind: str = "s3", version: int = 1) -> dict[str, Any]:
-    return {
-        "config": {
-            "integration_id": iid,
-            "tenant_id": TENANT,
-            "type": kind,
-            "name": iid,
-            "enabled": True,
-            "event_types": ["client_side_risk", "pci_scope_change"],
-            "min_risk_level": "low",
-            "settings": {},
-            "version": version,
-        }
-    }
+    return table_entry(iid, TENANT, kind, version)
 
 
 def lane(table: dict[str, Any]) -> tuple[BatchLane, Lake, Recorder]:
@@ -116,7 +66,7 @@ def lane(table: dict[str, Any]) -> tuple[BatchLane, Lake, Recorder]:
 async def test_alerts_of_batching_integrations_are_buffered_and_committed_once_written() -> None:
     table = {TENANT: {"lake": config("lake"), "hook": config("hook", kind="webhook")}}
     lane_, sink, _ = lane(table)
-    lane_._take([Msg(0, alert(0)), Msg(1, b"not json"), Msg(2, alert(2))])
+    lane_._take([Msg(0, alert(0), HOME), Msg(1, b"not json", HOME), Msg(2, alert(2), HOME)])
     assert lane_.acks.position(("alerts", HOME)) == 0  # 0 and 2 wait in the buffer
     await asyncio.sleep(0.05)  # the batch of two (max_events=2) is written
     assert sink.written == [["a-0", "a-2"]]
@@ -136,7 +86,7 @@ async def test_a_bug_on_one_record_dead_letters_it_and_the_lane_goes_on() -> Non
     broken = config("lake")
     del broken["config"]["version"]
     lane_, _, reporter = lane({TENANT: {"lake": broken}})
-    lane_._take([Msg(0, alert(0)), Msg(1, alert(1))])
+    lane_._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
     await lane_._dead_letter_failed()
     assert [d.source_offset for d in reporter.dead] == [0, 1]
     assert all(d.stage == "route" and "internal error" in d.reason for d in reporter.dead)

@@ -8,54 +8,18 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from streams.agents.router import ONLY_HEADER, SOURCE_HEADER, RouteRules, tenant_partition
 from streams.routing_lane import RoutingLane
 from streams.settings import Settings
+from tests.fakes.kafka_message import STAMP_MS, Msg, alert_json, table_entry
 from tests.fakes.reporter import Recorder
 
 PARTITIONS = 4
 TENANT = "acme"
 HOME = tenant_partition(TENANT, PARTITIONS)
-STAMP_MS = 1_790_000_000_123
 SETTINGS = Settings()
-
-
-class Msg:
-    """What confluent-kafka's Message offers the lane."""
-
-    def __init__(
-        self,
-        offset: int,
-        value: bytes,
-        partition: int = HOME,
-        topic: str = "alerts",
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        self._offset, self._value, self._partition = offset, value, partition
-        self._topic, self._headers = topic, headers
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes]] | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return TIMESTAMP_CREATE_TIME, STAMP_MS
 
 
 class Outbox:
@@ -92,32 +56,11 @@ class Consumer:
 
 
 def alert(n: int, tenant: str = TENANT) -> bytes:
-    return orjson.dumps(
-        {
-            "alert_id": f"a-{n}",
-            "tenant_id": tenant,
-            "event_type": "client_side_risk",
-            "risk_level": "high",
-            "title": "t",
-            "detected_at": "2026-01-01T00:00:00Z",
-        }
-    )
+    return alert_json(n, tenant)
 
 
 def config(iid: str, kind: str) -> dict[str, Any]:
-    return {
-        "config": {
-            "integration_id": iid,
-            "tenant_id": TENANT,
-            "type": kind,
-            "name": iid,
-            "enabled": True,
-            "event_types": ["client_side_risk"],
-            "min_risk_level": "low",
-            "settings": {"url": "https://example.com/x"},
-            "version": 3,
-        }
-    }
+    return table_entry(iid, TENANT, kind, 3, {"url": "https://example.com/x"})
 
 
 TABLE = {
@@ -152,7 +95,7 @@ def routing_lane(table: dict[str, Any] | None = None) -> tuple[RoutingLane, Outb
 
 def test_an_alert_becomes_one_delivery_record_per_per_alert_integration() -> None:
     lane, outbox, _ = routing_lane()
-    lane._take([Msg(7, alert(7))])
+    lane._take([Msg(7, alert(7), HOME)])
     assert [(s["topic"], s["key"]) for s in outbox.sent] == [
         (SETTINGS.delivery_topic("webhook"), f"{TENANT}/hook".encode()),
         (SETTINGS.delivery_topic("slack"), f"{TENANT}/chat".encode()),
@@ -174,7 +117,7 @@ def test_an_alert_becomes_one_delivery_record_per_per_alert_integration() -> Non
 def test_a_replayed_alert_goes_only_to_the_integration_it_names_with_its_origin() -> None:
     lane, outbox, _ = routing_lane()
     headers = [(SOURCE_HEADER, f"alerts/{HOME}/41".encode()), (ONLY_HEADER, b"chat")]
-    lane._take([Msg(0, alert(1), topic="replay", headers=headers)])
+    lane._take([Msg(0, alert(1), HOME, topic="replay", headers=headers)])
     assert [s["key"] for s in outbox.sent] == [f"{TENANT}/chat".encode()]
     record = orjson.loads(outbox.sent[0]["value"])
     assert (record["source_topic"], record["source_offset"]) == ("alerts", 41)
@@ -194,7 +137,7 @@ def test_an_alert_on_another_partition_is_sent_on_to_its_tenants_with_its_origin
 
 async def test_an_undecodable_alert_is_dead_lettered_and_the_lane_goes_on() -> None:
     lane, outbox, reporter = routing_lane()
-    lane._take([Msg(0, b"{not json"), Msg(1, alert(1))])
+    lane._take([Msg(0, b"{not json", HOME), Msg(1, alert(1), HOME)])
     await lane._dead_letter_failed()
     [dead] = reporter.dead
     assert (dead.stage, dead.source_topic, dead.source_offset) == ("decode", "alerts", 0)
@@ -205,7 +148,7 @@ async def test_an_undecodable_alert_is_dead_lettered_and_the_lane_goes_on() -> N
 
 def test_alerts_of_unknown_tenants_or_matching_nothing_write_nothing() -> None:
     lane, outbox, _ = routing_lane({})
-    lane._take([Msg(0, alert(0))])
+    lane._take([Msg(0, alert(0), HOME)])
     assert outbox.sent == []
     assert lane.acks.position(("alerts", HOME)) == 1
 
@@ -213,7 +156,7 @@ def test_alerts_of_unknown_tenants_or_matching_nothing_write_nothing() -> None:
 async def test_a_refused_record_keeps_the_commit_back_and_the_lane_reads_again() -> None:
     lane, outbox, _ = routing_lane()
     lane._consumer = consumer = Consumer()
-    lane._take([Msg(0, alert(0)), Msg(1, alert(1))])
+    lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
     outbox.refuse = True
     await lane._commit()
     assert consumer.commits == []
@@ -223,7 +166,7 @@ async def test_a_refused_record_keeps_the_commit_back_and_the_lane_reads_again()
         ("alerts", HOME, 0)
     }
     outbox.refuse = False
-    lane._take([Msg(0, alert(0)), Msg(1, alert(1))])
+    lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
     await lane._commit()
     [offsets] = consumer.commits
     assert ("alerts", HOME, 2) in {(tp.topic, tp.partition, tp.offset) for tp in offsets}

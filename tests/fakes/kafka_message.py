@@ -1,0 +1,77 @@
+"""What confluent-kafka's Message offers the lanes (streams/lane.py); an alert's JSON and
+a config table entry to feed them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+STAMP_MS = 1_790_000_000_123
+
+
+class Msg:
+    def __init__(
+        self,
+        offset: int,
+        value: bytes,
+        partition: int,
+        topic: str = "alerts",
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self._offset, self._value, self._partition = offset, value, partition
+        self._topic, self._headers = topic, headers
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_CREATE_TIME, STAMP_MS
+
+
+def alert_json(n: int, tenant: str) -> bytes:
+    return orjson.dumps(
+        {
+            "alert_id": f"a-{n}",
+            "tenant_id": tenant,
+            "event_type": "client_side_risk",
+            "risk_level": "high",
+            "title": "t",
+            "detected_at": "2026-01-01T00:00:00Z",
+        }
+    )
+
+
+def table_entry(
+    iid: str, tenant: str, kind: str, version: int = 1, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An integration as the config table holds it (streams/tables.py)."""
+    return {
+        "config": {
+            "integration_id": iid,
+            "tenant_id": tenant,
+            "type": kind,
+            "name": iid,
+            "enabled": True,
+            "event_types": ["client_side_risk", "pci_scope_change"],
+            "min_risk_level": "low",
+            "settings": settings or {},
+            "version": version,
+        }
+    }
