@@ -1,4 +1,4 @@
-"""A librdkafka producer for the records we write one per alert or attempt: the alert
+"""A librdkafka producer for the records we write one per alert or attempt: the routing
 lane's delivery and detour records, status records and the health feed.
 
 Why not faust's producer: each `send_soon` there is a trip through faust's
@@ -9,10 +9,10 @@ batches, compresses and sends it on its own threads.
 
 The guarantee stays the one faust gave: a record is on the broker before the offset of
 the alert it reports is committed. faust flushes its producer before every commit, and
-our `DrainingProducer.flush` (streams/transport.py) flushes this one too; the alert lane
-flushes these and its own strict one before its commits. Delivery and detour records use
-a `strict` producer: one the broker did not take stops the commit. DLQ records stay on
-faust's producer (they are few).
+our `DrainingProducer.flush` (streams/transport.py) flushes this one too; the lanes flush
+it (and the routing lane its own strict one) before their commits. Delivery and detour
+records use a `strict` producer: one the broker did not take stops the commit. DLQ
+records stay on faust's producer (they are few).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 class DirectProducer:
     """`strict`: a record the broker never took makes the next `flush` raise, so no
-    offset is committed past it (the alert lane then reads again from its last commit).
+    offset is committed past it (the routing lane then reads again from its last commit).
     Without it (status records, informational) the loss is logged and counted."""
 
     def __init__(self, bootstrap_servers: str, client_id: str, *, strict: bool = False) -> None:

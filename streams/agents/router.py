@@ -1,5 +1,5 @@
 """Routing rules: which integrations of its tenant an alert goes to, where it is named
-from, and the records that carry it there. The alert lane (streams/lane.py) applies them."""
+from, and the records that carry it there. The lanes (streams/lane.py) apply them."""
 
 from __future__ import annotations
 
