@@ -55,7 +55,6 @@ class BatchLane(Lane):
             rules,
             reporter,
             group=settings.batch_lane_group,
-            earlier_group=settings.app_id,
             flushes=[flush_producer],
         )
         self.writers = {

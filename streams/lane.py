@@ -169,7 +169,6 @@ class Lane:
         rules: RouteRules,
         reporter: Reporter,
         group: str,
-        earlier_group: str,
         flushes: Sequence[Callable[[], Awaitable[None]]],
     ) -> None:
         self.settings = settings
@@ -179,7 +178,6 @@ class Lane:
         self.group = group
         self.topics = frozenset({settings.topic_alerts, rules.detour_topic, rules.replay_topic})
         self.acks = LaneAcks()
-        self._earlier_group = earlier_group
         self._flushes = tuple(flushes)
         self._failed: list[tuple[Any, str, str]] = []  # to dead-letter: record, reason, stage
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
@@ -282,8 +280,6 @@ class Lane:
         return messages
 
     def _take(self, messages: list[Any]) -> None:
-        if not messages:
-            return
         for msg in messages:
             if msg.error() is not None:
                 log.warning("%s: read error: %s", self.name, msg.error())
@@ -294,7 +290,7 @@ class Lane:
                 log.exception("%s: internal error at %s", self.name, _where(msg))
                 self.acks.read((msg.topic(), msg.partition()), msg.offset(), 0)
                 reason = f"internal error in the {self.name}: {type(exc).__name__}"
-                self._failed.append((msg, reason, "route"))
+                self._dead_letter(msg, reason, "route")
 
     def _dead_letter(self, msg: Any, reason: str, stage: str) -> None:
         """Dead-letter this record (sent before the next commit)."""
@@ -388,7 +384,7 @@ class Lane:
         reader = Consumer(
             {
                 "bootstrap.servers": self.settings.bootstrap_servers,
-                "group.id": self._earlier_group,
+                "group.id": self.settings.app_id,
                 "enable.auto.commit": False,
             },
             logger=log,
@@ -396,7 +392,7 @@ class Lane:
         try:
             found = reader.committed(tps, timeout=30)
         except KafkaException as exc:
-            log.warning("%s: cannot read %s's positions: %s", self.name, self._earlier_group, exc)
+            log.warning("%s: cannot read faust's group's positions: %s", self.name, exc)
             return {}
         finally:
             reader.close()

@@ -71,7 +71,6 @@ class RoutingLane(Lane):
             rules,
             reporter,
             group=settings.routing_lane_group,
-            earlier_group=settings.app_id,
             flushes=[outbox.flush, flush_producer],
         )
         self.outbox = outbox
@@ -98,10 +97,10 @@ class RoutingLane(Lane):
             return
         entries = self.table.get(alert.tenant_id)
         route = self.rules.route(topic, partition, offset, headers, alert, entries)
-        produced, stamp_ms = produced_at(msg)
         if route is None:
             # Sent on to where its configs are, remembering where it came from (that,
             # not the detour, names it).
+            _, stamp_ms = produced_at(msg)
             self.outbox.send(
                 self.rules.detour_topic,
                 alert.tenant_id.encode(),
@@ -116,14 +115,15 @@ class RoutingLane(Lane):
             return
         self._alerts["routed"].inc()
         wire: dict[str, Any] | None = None
-        now = time.time()
         for config in route.configs:
             kind = config["type"]
             out = self.delivery_topics.get(kind)
             if out is None:  # the batch lane's, or a type this build lacks
                 continue
-            if wire is None:
+            if wire is None:  # once per alert, and only for one with per-alert routes
                 wire = alert.wire()
+                produced, _ = produced_at(msg)
+                now = time.time()
             self.outbox.send(
                 out,
                 f"{alert.tenant_id}/{config['integration_id']}".encode(),
