@@ -11,8 +11,11 @@ requests in flight, and reports requests/s and the process CPU per request:
   AsyncHTTPTransport (httpcore/h11/anyio) with the pool size, keep-alive and timeouts
   build_client used before it moved to aiohttp. (Its egress guard acted once per new
   connection only, so leaving it out does not change the per-request cost.)
-- `httpx (sinks.http.build_client)`: the client every HTTP sink uses now, exactly as the
-  webhook sink builds it: httpx.AsyncClient on `sinks.aiohttp_transport`, egress guard
+- `httpx over aiohttp (session 5's client)`: httpx.AsyncClient on an httpx transport
+  that sent with aiohttp (what `build_client` returned until session 6), rebuilt here
+  in its essentials (no egress guard: it acted once per new connection).
+- `sinks.http.build_client`: the client every HTTP sink uses now, exactly as the
+  webhook sink builds it: `sinks.http_client.HttpClient` on aiohttp, egress guard
   included.
 - `aiohttp ClientSession`: bare aiohttp with a pool of the same size, the floor.
 
@@ -80,6 +83,54 @@ def _old_client(conc: int) -> Any:
     )
 
 
+class _AiohttpUnderHttpx:
+    """The essentials of session 5's httpx transport that sent with aiohttp."""
+
+    def __init__(self, conc: int) -> None:
+        import aiohttp
+
+        self._conc = conc
+        self._session: aiohttp.ClientSession | None = None
+
+    async def handle_async_request(self, request: Any) -> Any:
+        import aiohttp
+        import httpx
+        import yarl
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._conc), auto_decompress=False
+            )
+        headers = [(k.decode(), v.decode()) for k, v in request.headers.raw]
+        async with asyncio.timeout(25):
+            response = await self._session.request(
+                request.method,
+                yarl.URL(str(request.url), encoded=True),
+                headers=headers,
+                data=request.content or None,
+                allow_redirects=False,
+            )
+        body = await response.read()
+        return httpx.Response(response.status, headers=list(response.raw_headers), content=body)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _httpx_over_aiohttp(conc: int) -> Any:
+    import httpx
+
+    transport = _AiohttpUnderHttpx(conc)
+    return httpx.AsyncClient(
+        transport=transport,  # type: ignore[arg-type]
+        timeout=httpx.Timeout(10.0, connect=5.0, pool=5.0),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": "alertrelay"},
+    )
+
+
 def _new_client(conc: int) -> Any:
     from sinks.http import EgressGuard, HostOverrides, build_client
 
@@ -94,7 +145,8 @@ async def with_httpx(make: Any, url: str, body: bytes, total: int, conc: int) ->
 
     async def send() -> None:
         response = await client.request("POST", url, headers=headers, content=body)
-        response.raise_for_status()
+        if response.status_code >= 300:
+            raise RuntimeError(f"answered {response.status_code}")
 
     await drive(send, 200, conc)  # warm the pool
     wall, cpu = await drive(send, total, conc)
@@ -157,7 +209,10 @@ def main() -> int:
             "httpx + httpcore (previous transport)": asyncio.run(
                 with_httpx(_old_client, url, body, args.requests, args.concurrency)
             ),
-            "httpx (sinks.http.build_client)": asyncio.run(
+            "httpx over aiohttp (session 5's client)": asyncio.run(
+                with_httpx(_httpx_over_aiohttp, url, body, args.requests, args.concurrency)
+            ),
+            "sinks.http.build_client (HttpClient)": asyncio.run(
                 with_httpx(_new_client, url, body, args.requests, args.concurrency)
             ),
             "aiohttp ClientSession": asyncio.run(

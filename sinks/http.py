@@ -6,12 +6,11 @@ failures become `RetryableError` / `PermanentError` must be the same for every
 vendor, and messages must never carry a secret. Retrying is not done here; the
 shared retry policy (`sinks.retry`) decides on the classified error.
 
-The stack built by `build_client`::
+The client built by `build_client` (sinks.http_client.HttpClient)::
 
-    httpx.AsyncClient (no redirects, no env proxies/netrc)
+    HttpClient (no redirects, no env proxies/netrc, no cookies; answers as httpx.Response)
       -> host overrides (rewrite vendor host to a local base URL, tests/demos only)
-        -> AiohttpTransport (sinks.aiohttp_transport: aiohttp's HTTP/1.1 keep-alive pool,
-           about a tenth of httpcore's CPU per request)
+        -> aiohttp's HTTP/1.1 keep-alive pool
           -> guarded resolver (resolve once, check, connect to the checked IP)
 """
 
@@ -37,8 +36,8 @@ import aiohttp
 import httpx
 import orjson
 
-from sinks.aiohttp_transport import AiohttpTransport
 from sinks.errors import DeliveryError, PermanentError, RetryableError, exception_chain
+from sinks.http_client import HttpClient
 
 __all__ = [
     "EGRESS_ALLOW_ENV",
@@ -47,6 +46,7 @@ __all__ = [
     "REDACTED",
     "EgressGuard",
     "HostOverrides",
+    "HttpClient",
     "IPAddress",
     "IPNetwork",
     "Redactor",
@@ -67,7 +67,6 @@ MAX_RETRY_AFTER = 3600.0
 """A server asking us to wait longer than this is capped: the retry policy decides."""
 
 _BODY_EXCERPT = 300
-_USER_AGENT = "alertrelay"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -185,34 +184,6 @@ class HostOverrides:
             del self._rewritten[next(iter(self._rewritten))]
         self._rewritten[text] = target
         return url if target is None else target
-
-
-class _OverrideTransport(httpx.AsyncBaseTransport):
-    """Applies `HostOverrides` before the guard, so the guard checks the real target."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, overrides: HostOverrides) -> None:
-        self._inner = inner
-        self._overrides = overrides
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        target = self._overrides.rewrite(request.url)
-        if target is request.url:
-            return await self._inner.handle_async_request(request)
-        headers = request.headers.copy()
-        headers["Host"] = target.netloc.decode("ascii")
-        # Lets a local stand-in see which vendor host (e.g. which tenant subdomain) was meant.
-        headers["X-Forwarded-Host"] = request.url.netloc.decode("ascii")
-        rewritten = httpx.Request(
-            request.method,
-            target,
-            headers=headers,
-            stream=request.stream,
-            extensions=request.extensions,
-        )
-        return await self._inner.handle_async_request(rewritten)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 # -- outbound guard --------------------------------------------------------------------
@@ -372,37 +343,23 @@ def build_client(
     overrides: HostOverrides | None = None,
     guard: EgressGuard | None = None,
     max_connections: int = 100,
-) -> httpx.AsyncClient:
-    """The AsyncClient every HTTP sink uses.
+) -> HttpClient:
+    """The client every HTTP sink uses (sinks.http_client.HttpClient).
 
     Redirects are not followed (a redirect could lead past the guard's intent and
     would resend credentials); env proxies and netrc are ignored (a proxy would bypass
     the guard). `overrides`/`guard` of None mean "from the environment", so a sink
     cannot forget the guard; pass `HostOverrides()` for none. `timeout` bounds each
     read and write; connecting and waiting for a pooled connection get at most 5 s
-    each (see sinks.aiohttp_transport for how these map onto aiohttp's timeouts).
-    Requests run on aiohttp (`AiohttpTransport`); the httpx API stays the sinks' API.
+    each. Every pooled connection may stay idle (no reconnect churn under load) for 5 s.
     """
-    if timeout <= 0:
-        raise ValueError("timeout must be positive")
-    overrides = HostOverrides.from_env() if overrides is None else overrides
-    guard = EgressGuard.from_env() if guard is None else guard
-    # Every pooled connection may stay idle (no reconnect churn under load) for 5 s.
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(
+    return HttpClient(
         ssl_context=_ssl_context(verify, cert),
-        guard=guard,
+        guard=EgressGuard.from_env() if guard is None else guard,
+        overrides=HostOverrides.from_env() if overrides is None else overrides,
+        timeout=timeout,
         max_connections=max_connections,
         keepalive_expiry=5.0,
-    )
-    if overrides:
-        transport = _OverrideTransport(transport, overrides)
-    short = min(timeout, 5.0)
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(timeout, connect=short, pool=short),
-        follow_redirects=False,
-        trust_env=False,
-        headers={"User-Agent": _USER_AGENT},
     )
 
 
@@ -777,7 +734,7 @@ def response_json(resp: httpx.Response) -> Any:
 
 
 async def send_json(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     method: str,
     url: str,
     *,

@@ -46,6 +46,7 @@ from schemas.models import Delivery, IntegrationConfig
 from sinks.base import PerAlertSink, test_delivery
 from sinks.errors import DeliveryError, PermanentError, exception_chain
 from sinks.http import (
+    HttpClient,
     Redactor,
     build_client,
     classify_exception,
@@ -172,7 +173,7 @@ class _Target:
     settings: WebhookSettings  # pins the id the entry is found by
     redact: Redactor
     what: str  # "webhook <scheme://host>": how messages name the destination
-    client: httpx.AsyncClient | None
+    client: HttpClient | None
     client_error: str | None  # why there is no client (an unusable certificate), redacted
 
 
@@ -183,10 +184,10 @@ class WebhookSink(PerAlertSink[WebhookSettings]):
     def __init__(self, ctx: SinkContext) -> None:
         self._ctx = ctx
         self._client = build_client(overrides=ctx.overrides, guard=ctx.guard)
-        self._tls_clients: dict[str, httpx.AsyncClient] = {}
+        self._tls_clients: dict[str, HttpClient] = {}
         self._targets: dict[int, _Target] = {}
 
-    def _client_for(self, settings: WebhookSettings) -> httpx.AsyncClient:
+    def _client_for(self, settings: WebhookSettings) -> HttpClient:
         """One client per client certificate (its pool only ever presents that one)."""
         if settings.protocol != "tls" or settings.client_certificate is None:
             return self._client
@@ -207,7 +208,7 @@ class WebhookSink(PerAlertSink[WebhookSettings]):
             return target
         redact = self.redactor(settings)
         what = f"webhook {redact_url(settings.webhook_url.get_secret_value())}"
-        client: httpx.AsyncClient | None = None
+        client: HttpClient | None = None
         error = None
         try:
             client = self._client_for(settings)

@@ -1,4 +1,4 @@
-"""The aiohttp transport under `build_client` keeps every guarantee of the HTTP layer.
+"""The HTTP client `build_client` gives every sink keeps every guarantee of the HTTP layer.
 
 Each test runs a real client against a real server on 127.0.0.1 (a raw asyncio
 HTTP/1.1 server, so what travels on the wire is what the test sees) with the loopback
@@ -13,7 +13,7 @@ import gzip
 import ipaddress
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sinks.aiohttp_transport import AiohttpTransport, GuardedResolver
 from sinks.errors import DeliveryError, PermanentError, RetryableError, exception_chain
 from sinks.http import (
     EgressGuard,
@@ -36,6 +35,7 @@ from sinks.http import (
     classify_exception,
     classify_response,
 )
+from sinks.http_client import MAX_ANSWER_BYTES, GuardedResolver, HttpClient
 
 LOOPBACK = EgressGuard([ipaddress.ip_network("127.0.0.1/32")])
 NO_OVERRIDES = HostOverrides()
@@ -162,29 +162,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _transport_of(client: httpx.AsyncClient) -> AiohttpTransport:
-    transport = client._transport
-    assert isinstance(transport, AiohttpTransport)
-    return transport
+# -- the client ---------------------------------------------------------------------------
 
 
-# -- the stack -----------------------------------------------------------------------------
-
-
-def test_build_client_puts_the_aiohttp_transport_under_httpx() -> None:
+def test_build_client_verifies_tls_and_keeps_a_pool() -> None:
     client = build_client(overrides=NO_OVERRIDES, guard=LOOPBACK)
-    transport = _transport_of(client)
-    assert transport.ssl_context.verify_mode == ssl.CERT_REQUIRED
-    assert transport.ssl_context.check_hostname
-    assert transport._max_connections == 100 and transport._keepalive_expiry == 5.0
-    overridden = build_client(overrides=HostOverrides.parse("a.example=http://127.0.0.1:1"))
-    assert type(overridden._transport).__name__ == "_OverrideTransport"
+    assert isinstance(client, HttpClient)
+    assert client.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    assert client.ssl_context.check_hostname
+    assert client.max_connections == 100 and client.keepalive_expiry == 5.0
 
 
 async def test_session_settings() -> None:
     async with RawServer() as srv, build_client(overrides=NO_OVERRIDES, guard=LOOPBACK) as c:
         await c.get(srv.url())
-        session = _transport_of(c)._session
+        session = c.session
         assert session is not None
         connector = session.connector
         assert isinstance(connector, aiohttp.TCPConnector)
@@ -224,21 +216,34 @@ async def test_request_and_response_round_trip() -> None:
     [seen] = srv.received
     assert (seen.method, seen.target) == ("POST", "/hook/a%2Fb?x=1&y=%20z")
     assert seen.body == b'{"alert": "\xc3\xa9"}'
-    # Exactly what httpx sends, nothing aiohttp adds (no Content-Type of its own).
-    assert [k for k, _ in seen.headers] == [
-        "Host",
+    # The caller's headers, ours, and no Content-Type of aiohttp's own.
+    assert sorted({k for k, _ in seen.headers}) == [
         "Accept",
         "Accept-Encoding",
-        "Connection",
-        "User-Agent",
-        "Idempotency-Key",
-        "X-Dup",
-        "X-Dup",
         "Content-Length",
+        "Host",
+        "Idempotency-Key",
+        "User-Agent",
+        "X-Dup",
     ]
     assert seen.header("host") == f"127.0.0.1:{srv.port}"
     assert seen.header("user-agent") == "alertrelay"
+    assert seen.header("accept-encoding") == "gzip, deflate"
+    assert str(resp.request.url) == srv.url("/hook/a%2Fb?x=1&y=%20z")
     assert [v for k, v in seen.headers if k == "X-Dup"] == ["a", "b"]
+
+
+async def test_a_caller_s_user_agent_and_content_type_win() -> None:
+    async with RawServer() as srv, build_client(overrides=NO_OVERRIDES, guard=LOOPBACK) as c:
+        await c.post(
+            srv.url(),
+            headers={"user-agent": "mine/1", "Content-Type": "text/plain"},
+            json={"a": 1},
+        )
+    [seen] = srv.received
+    assert [v for k, v in seen.headers if k.lower() == "user-agent"] == ["mine/1"]
+    assert [v for k, v in seen.headers if k.lower() == "content-type"] == ["text/plain"]
+    assert seen.body == b'{"a":1}'
 
 
 async def test_compressed_answer_is_decoded_by_httpx() -> None:
@@ -249,42 +254,37 @@ async def test_compressed_answer_is_decoded_by_httpx() -> None:
     assert resp.json() == {"text": "hello"}
 
 
-async def test_streamed_bodies_both_ways() -> None:
-    big = bytes(range(256)) * 4096  # 1 MiB
-
-    async def upload() -> AsyncIterator[bytes]:
-        for start in range(0, len(big), 65536):
-            yield big[start : start + 65536]
-
-    reply = lambda request: ok(request.body[::-1] or b"ok")  # noqa: E731
+async def test_a_large_answer_is_read_whole_and_the_connection_reused() -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB, many reads
+    reply = lambda request: ok(big if request.target == "/big" else b"ok")  # noqa: E731
     async with RawServer(reply) as srv, build_client(overrides=NO_OVERRIDES, guard=LOOPBACK) as c:
-        async with c.stream("PUT", srv.url("/up"), content=upload()) as resp:
-            assert resp.status_code == 200
-            received = b"".join([chunk async for chunk in resp.aiter_bytes()])
-        assert received == big[::-1]
-        [seen] = srv.received
-        assert seen.header("transfer-encoding") == "chunked" and seen.body == big
-        # The body read in full: the connection goes back to the pool.
-        again = await c.get(srv.url("/again"))
-        assert await again.aread() == b"ok"
+        assert (await c.get(srv.url("/big"))).content == big
+        assert (await c.get(srv.url("/again"))).content == b"ok"
     assert srv.connections == 1
 
 
-async def test_unread_stream_closed_early_does_not_poison_the_pool() -> None:
-    reply = lambda request: ok(b"x" * 500_000)  # noqa: E731
+@pytest.mark.parametrize("declared", [True, False])
+async def test_an_answer_over_the_limit_fails_and_its_connection_is_dropped(
+    declared: bool,
+) -> None:
+    too_big = b"x" * (MAX_ANSWER_BYTES + 1)
+    much_too_big = too_big * 3  # more than arrives before the client stops reading
+
+    def reply(request: Received) -> bytes:
+        if request.target == "/next":
+            return ok()
+        if declared:
+            return ok(too_big)
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(much_too_big), much_too_big)
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+
     async with RawServer(reply) as srv, build_client(overrides=NO_OVERRIDES, guard=LOOPBACK) as c:
-        async with c.stream("GET", srv.url("/big")) as resp:
-            async for _ in resp.aiter_bytes():
-                break  # stop after the first chunk
-        resp = await c.get(srv.url("/next"))
-        assert (resp.status_code, len(resp.content)) == (200, 500_000)
-    assert [r.target for r in srv.received] == ["/big", "/next"]
-
-
-async def test_mock_transport_still_works_with_the_sinks_api() -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(204))
-    async with httpx.AsyncClient(transport=transport) as client:
-        assert (await client.post("https://api.example.com/x", json={})).status_code == 204
+        with pytest.raises(httpx.RemoteProtocolError, match="answer larger than 8 MiB") as info:
+            await c.get(srv.url("/huge?token=s3cr3t"))
+        assert "s3cr3t" not in str(info.value)
+        assert isinstance(classify_exception(info.value, redact=NOBODY, what="x"), RetryableError)
+        assert (await c.get(srv.url("/next"))).status_code == 200
+    assert srv.connections == 2  # the half-read connection was not reused
 
 
 # -- egress guard --------------------------------------------------------------------------
@@ -350,7 +350,7 @@ async def test_guarded_resolver_returns_numeric_addresses_only_for_permitted_ips
     ]
 
 
-async def test_host_overrides_still_rewrite_above_the_transport() -> None:
+async def test_host_overrides_rewrite_before_the_guard() -> None:
     async with RawServer() as srv:
         overrides = HostOverrides.parse(f"api.vendor.example=http://127.0.0.1:{srv.port}/fake")
         async with build_client(overrides=overrides, guard=LOOPBACK) as c:
@@ -710,11 +710,10 @@ async def test_aclose_closes_the_session_and_its_connections() -> None:
     async with RawServer() as srv:
         client = build_client(overrides=NO_OVERRIDES, guard=LOOPBACK)
         await client.get(srv.url())
-        transport = _transport_of(client)
-        session = transport._session
+        session = client.session
         assert session is not None and not session.closed
         await client.aclose()
-        assert session.closed and transport._session is None
+        assert session.closed and client.session is None
         for _ in range(100):
             if srv.closed == 1:
                 break
@@ -728,6 +727,6 @@ def test_a_client_that_never_sent_closes_cleanly() -> None:
     async def run() -> None:
         client = build_client(overrides=NO_OVERRIDES, guard=LOOPBACK)
         await client.aclose()
-        assert _transport_of(client)._session is None
+        assert client.session is None
 
     asyncio.run(run())
