@@ -10,7 +10,7 @@ The client built by `build_client` (sinks.http_client.HttpClient)::
 
     HttpClient (no redirects, no env proxies/netrc, no cookies; answers as httpx.Response)
       -> host overrides (rewrite vendor host to a local base URL, tests/demos only)
-        -> aiohttp's HTTP/1.1 keep-alive pool
+        -> HTTP/1.1 keep-alive pool (sinks.http_connection: llhttp via httptools)
           -> guarded resolver (resolve once, check, connect to the checked IP)
 """
 
@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
-import aiohttp
 import httpx
 import orjson
 
@@ -641,17 +640,6 @@ _TLS_TRANSPORT_BREAKS = (
 retryable as any other dropped connection."""
 
 
-def _tls_links(exc: BaseException) -> Iterator[BaseException]:
-    """The exception chain, with what aiohttp's TLS errors wrap right after each of them
-    (they keep the ssl error as an attribute, not always as a cause)."""
-    for link in exception_chain(exc):
-        yield link
-        if isinstance(link, aiohttp.ClientConnectorCertificateError):
-            yield link.certificate_error
-        elif isinstance(link, aiohttp.ClientSSLError):
-            yield link.os_error
-
-
 def _ssl_text(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return re.sub(r"\s*\(_ssl\.c:\d+\)", "", text)
@@ -660,7 +648,7 @@ def _ssl_text(error: BaseException) -> str:
 def _tls_failure(exc: BaseException) -> tuple[bool, str] | None:
     """(is a certificate verification failure, detail) when `exc` is a TLS failure that
     the same attempt would meet again, else None."""
-    links = list(_tls_links(exc))
+    links = list(exception_chain(exc))
     for link in links:
         if isinstance(link, ssl.SSLCertVerificationError):
             detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)
@@ -674,11 +662,8 @@ def _tls_failure(exc: BaseException) -> tuple[bool, str] | None:
     for link in links:
         if isinstance(link, _TLS_TRANSPORT_BREAKS):
             return None
-        if isinstance(link, ssl.SSLError) and not isinstance(link, aiohttp.ClientSSLError):
+        if isinstance(link, ssl.SSLError):
             return False, _ssl_text(link)
-    for link in links:
-        if isinstance(link, aiohttp.ClientSSLError):
-            return False, _ssl_text(link.os_error) if str(link.os_error) else "TLS error"
     return None
 
 
@@ -692,9 +677,9 @@ _TIMEOUT_PHASE: dict[type[BaseException], str] = {
 
 def classify_exception(exc: Exception, *, redact: Redactor, what: str) -> DeliveryError:
     """The DeliveryError for a failed exchange. Network trouble is retryable; a TLS
-    failure (a certificate that fails verification, a handshake the server refuses, as
-    httpx, aiohttp or a bare ssl.SSLError reports it) or a request httpx cannot even
-    form is permanent: the same attempt would fail the same way. A connection that
+    failure (a certificate that fails verification, a handshake the server refuses,
+    whether an ssl error or an httpx error chained to one) or a request that cannot even
+    be formed is permanent: the same attempt would fail the same way. A connection that
     merely broke off during TLS (EOF) stays retryable. An existing DeliveryError (e.g.
     the guard's refusal) is returned as is."""
     if isinstance(exc, DeliveryError):

@@ -1,68 +1,73 @@
-"""The HTTP client every HTTP sink uses: aiohttp's keep-alive pool under the egress guard.
+"""The HTTP client every HTTP sink uses: a keep-alive pool of HTTP/1.1 connections under
+the egress guard.
 
-Why not httpx.AsyncClient: per-alert fan-out is CPU-bound on the client. httpx's
-request path (building the Request, auth/redirect/hook layers, the streamed Response
-read back through async generators) cost ~175 µs of CPU per request on top of aiohttp's
-~145 µs (bench/http_clients.py); this client calls aiohttp directly and hands the
-sinks a fully read `httpx.Response`, so everything that reads answers
+Why its own: per-alert fan-out is CPU-bound on the client. httpx's request path cost
+~290 µs of CPU per webhook request even over aiohttp, aiohttp alone ~130 µs, this pool
+over sinks.http_connection (llhttp via httptools) ~45 µs (bench/http_clients.py). The
+sinks get a fully read `httpx.Response`, so everything that reads answers
 (`sinks.http.classify_response`, the vendors' error parsers) and everything that
-classifies failures (`sinks.http.classify_exception`, `except httpx.HTTPError`) stays.
+classifies failures (`sinks.http.classify_exception`, `except httpx.HTTPError`) is the
+same as with httpx.
 
 What it guarantees (each pinned in tests/unit/test_http_client.py):
 
-- the egress guard: `GuardedResolver` is the connector's only resolver, the DNS cache
-  is off, so every new connection resolves its host once through the guard and connects
-  to the addresses the guard accepted (no second lookup, no DNS rebinding). IP literals
-  never reach a resolver in aiohttp, so the client checks them itself first.
+- the egress guard: every new connection resolves its host once through the guard and
+  connects to an address the guard accepted (no second lookup, no DNS cache, no DNS
+  rebinding); IP literals are checked the same way without a lookup.
 - host overrides (tests and demos) are applied before the guard, so the guard checks
   the real target; the request carries `Host` of the target and `X-Forwarded-Host` of
   the vendor host it was meant for.
-- no redirects, no env proxies or netrc, no cookies (a shared client must not carry one
-  tenant's cookies to another), no automatic resend of a request whose connection
-  dropped (the retry policy decides), TLS verified with the given SSLContext (client
-  certificates ride inside it); the connection key keeps the host name, so a TLS
-  connection verified for one name is never reused for another.
-- timeouts: connect (per connection attempt, TLS handshake included), pool + connect for
-  getting a connection at all (resolving included), read (between two reads of the
-  answer), and the whole exchange within pool + connect + write + read (aiohttp has no
-  write timeout of its own).
-- answers are read whole, at most `MAX_ANSWER_BYTES` (a destination cannot make a worker
-  hold gigabytes); Content-Encoding is decoded by httpx.Response as before.
+- no redirects, no proxies (environment or otherwise), no netrc, no cookies (a shared
+  client must not carry one tenant's cookies to another), no resend of a request whose
+  connection dropped (the retry policy decides); TLS verified with the given SSLContext
+  (client certificates ride inside it) against the URL's host name; a pooled connection
+  is only reused for the same scheme, host and port.
+- timeouts: pool (waiting for a free connection), connect (resolving, TCP and TLS
+  together), write (handing the request to the network), read (between two reads of the
+  answer).
+- requests that could be misread (CR, LF or NUL in a header, a header name that is not
+  a token) are refused before anything is sent; answers are read whole, the head up to
+  64 KiB and the body up to `MAX_ANSWER_BYTES`; Content-Encoding is decoded by
+  httpx.Response.
 - failures raised as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout,
-  RemoteProtocolError, ...) chained to the aiohttp/ssl error. Messages name the host,
-  never the URL (its path or query may hold a secret).
+  RemoteProtocolError, ...) chained to the OS or ssl error. Messages name the host and
+  port, never the URL (its path or query may hold a secret).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
+import contextlib
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
 import orjson
-import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
+
+from sinks.http_connection import (
+    Answer,
+    AnswerInvalid,
+    AnswerTooLarge,
+    Connection,
+    ConnectionBroke,
+    ExchangeError,
+    ReadTimedOut,
+    WriteTimedOut,
+)
 
 if TYPE_CHECKING:
     from sinks.http import EgressGuard, HostOverrides
 
-__all__ = ["MAX_ANSWER_BYTES", "GuardedResolver", "HttpClient"]
+__all__ = ["MAX_ANSWER_BYTES", "USER_AGENT", "HttpClient"]
 
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 """Largest answer body read; a bigger one fails the request (RemoteProtocolError)."""
 
 USER_AGENT = "alertrelay"
-
-_HEADER_LINE_LIMIT = 16 * 1024
-"""Longest response status/header line accepted (h11's limit for the whole head is 16 KiB;
-aiohttp's default of 8 KiB would refuse answers that httpx took)."""
 
 _DEFAULT_HEADERS = (
     ("User-Agent", USER_AGENT),
@@ -71,129 +76,12 @@ _DEFAULT_HEADERS = (
 )
 """Sent unless the caller sets them."""
 
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
 Headers = Mapping[str, str] | Sequence[tuple[str, str]]
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that resolves through the egress guard: only the addresses the
-    guard accepts are returned; a refusal (PermanentError) propagates as it is."""
-
-    def __init__(self, guard: EgressGuard) -> None:
-        self._guard = guard
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = await self._guard.resolve(host, port)
-        return [
-            {
-                "hostname": host,
-                "host": str(ip),
-                "port": port,
-                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                "proto": socket.IPPROTO_TCP,
-                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            }
-            for ip in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-# -- failures as httpx exceptions ---------------------------------------------------------
-
-
-def _origin(url: httpx.URL) -> str:
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
-
-
-def _describe(exc: BaseException, url: httpx.URL) -> str:
-    """`exc` as text with the request URL cut down to its origin (aiohttp puts whole URLs
-    into some messages)."""
-    text = str(exc) or type(exc).__name__
-    full = str(url)
-    if full in text:
-        text = text.replace(full, _origin(url))
-    return text
-
-
-def _os_detail(error: BaseException) -> str:
-    return str(error) or type(error).__name__
-
-
-def _mapped(exc: BaseException, request: httpx.Request) -> Exception:
-    """The httpx exception for an aiohttp/OS failure of `request`."""
-    url = request.url
-    where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(f"connecting to {where} timed out", request=request)
-    if isinstance(exc, aiohttp.ServerTimeoutError):  # SocketTimeoutError: sock_read
-        return httpx.ReadTimeout(f"reading from {where} timed out", request=request)
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        detail = _os_detail(exc.os_error)
-        return httpx.ConnectError(f"could not resolve {url.host}: {detail}", request=request)
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert_error = exc.certificate_error
-        detail = getattr(cert_error, "verify_message", None) or _os_detail(cert_error)
-        return httpx.ConnectError(
-            f"TLS certificate of {where} failed verification: {detail}", request=request
-        )
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return httpx.ConnectError(
-            f"TLS handshake with {where} failed: {_os_detail(exc.os_error)}", request=request
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(
-            f"connecting to {where} failed: {_os_detail(exc.os_error)}", request=request
-        )
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError(
-            f"{where} disconnected without sending a complete response", request=request
-        )
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return httpx.RemoteProtocolError(
-            f"{where} sent an incomplete or malformed body: {_describe(exc, url)}",
-            request=request,
-        )
-    if isinstance(exc, aiohttp.ClientResponseError):  # the answer's head did not parse
-        return httpx.RemoteProtocolError(
-            f"{where} sent an invalid response: {exc.message}", request=request
-        )
-    if isinstance(exc, aiohttp.NonHttpUrlClientError):
-        return httpx.UnsupportedProtocol(f"{_describe(exc, url)}", request=request)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return httpx.InvalidURL(f"invalid URL for {where}: {exc.description or 'unusable'}")
-    if isinstance(exc, TimeoutError):  # the bound on the whole exchange
-        return httpx.WriteTimeout(
-            f"sending the request to {where} or waiting for its answer timed out",
-            request=request,
-        )
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        detail = _describe(exc, url)
-        error_type = httpx.WriteError if "write" in detail.lower() else httpx.ReadError
-        return error_type(f"connection to {where} failed: {detail}", request=request)
-    if isinstance(exc, ValueError):  # e.g. a header value aiohttp will not send
-        return httpx.LocalProtocolError(f"request to {where} cannot be sent: {_describe(exc, url)}")
-    return httpx.TransportError(
-        f"request to {where} failed: {type(exc).__name__}: {_describe(exc, url)}",
-        request=request,
-    )
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """What the httpx exception is chained to: for aiohttp's TLS errors the ssl error
-    they wrap (they subclass ssl.SSLError without its attributes, and code reading the
-    chain, e.g. the webhook sink looking for a TLS alert, expects real ssl errors),
-    otherwise `exc` itself."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return exc.certificate_error
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return exc.os_error
-    return exc
-
-
-_FAILURES = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
 
 # -- what a request needs from its URL, worked out once per URL ------------------------
@@ -201,20 +89,47 @@ _FAILURES = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    url: httpx.URL  # as the caller gave it: what answers and messages name
-    send_to: yarl.URL  # after host overrides
-    literal: str | None  # the host to check, when it is an IP literal (aiohttp skips the resolver)
-    headers: tuple[tuple[str, str], ...]  # Host / X-Forwarded-Host of an override
+    url: httpx.URL  # as the caller gave it: what answers name
+    key: tuple[str, str, int]  # scheme, host, port after host overrides: the pool key
+    host: str  # after overrides: resolved through the guard, TLS server name
+    port: int
+    where: str  # "host:port" of the URL as given, for messages
+    line: str  # " <path and query> HTTP/1.1\r\n"
+    host_lines: str  # "Host: <host>\r\n" (+ "X-Forwarded-Host: ..." under an override)
+    sets_host: bool  # an override decided the Host header
 
 
-def _literal(host: str) -> str | None:
-    if not host or not (host[-1].isdigit() or ":" in host):
-        return None
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return host
+def _parse_target(
+    url: str | httpx.URL, params: Mapping[str, str] | None, overrides: HostOverrides
+) -> _Target:
+    parsed = httpx.URL(url)
+    if params:
+        parsed = parsed.copy_merge_params(params)
+    if parsed.scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(
+            f"Request URL has an unsupported protocol '{parsed.scheme}://'."
+        )
+    if not parsed.host:
+        raise httpx.InvalidURL("the URL has no host")
+    sent = overrides.rewrite(parsed)
+    default_port = 443 if sent.scheme == "https" else 80
+    port = sent.port or default_port
+    path = sent.raw_path.decode("ascii") or "/"
+    host_lines = f"Host: {sent.netloc.decode('ascii')}\r\n"
+    if sent is not parsed:
+        # Lets a local stand-in see which vendor host (e.g. tenant subdomain) was meant.
+        host_lines += f"X-Forwarded-Host: {parsed.netloc.decode('ascii')}\r\n"
+    shown_port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return _Target(
+        url=parsed,
+        key=(sent.scheme, sent.host, port),
+        host=sent.host,
+        port=port,
+        where=f"{parsed.host}:{shown_port}",
+        line=f" {path} HTTP/1.1\r\n",
+        host_lines=host_lines,
+        sets_host=sent is not parsed,
+    )
 
 
 class _Answer(httpx.Response):
@@ -235,14 +150,32 @@ class _Answer(httpx.Response):
         self._request = value
 
 
-class HttpClient:
-    """HTTP/1.1 keep-alive client over one aiohttp ClientSession, for the sinks.
+@dataclass(frozen=True, slots=True)
+class _Timeouts:
+    pool: float | None
+    connect: float | None
+    write: float
+    read: float  # 0: none
 
-    The session is opened on the first request, inside the running event loop, and
-    closed by `aclose`. `max_connections` bounds the pool (all hosts together; all may
-    stay idle up to `keepalive_expiry` seconds). `timeout` is the default for each
-    request (read and write; connecting and waiting for a pooled connection get at most
-    5 s each), like `httpx.Timeout(timeout, connect=5, pool=5)`.
+
+def _timeouts(spec: httpx.Timeout | float) -> _Timeouts:
+    timeout = spec if isinstance(spec, httpx.Timeout) else httpx.Timeout(spec)
+    return _Timeouts(
+        pool=timeout.pool,
+        connect=timeout.connect,
+        write=timeout.write or 0.0,
+        read=timeout.read or 0.0,
+    )
+
+
+class HttpClient:
+    """HTTP/1.1 keep-alive client for the sinks (see the module docstring).
+
+    The pool belongs to the event loop of the first request. `max_connections` bounds
+    the open connections of all hosts together; idle ones close after
+    `keepalive_expiry` seconds. `timeout` is the default for each request (read and
+    write; connecting and waiting for a pooled connection get at most 5 s each), like
+    `httpx.Timeout(timeout, connect=5, pool=5)`.
     """
 
     _TARGETS_MAX = 4096
@@ -265,18 +198,19 @@ class HttpClient:
         self._guard = guard
         self._overrides = overrides
         short = min(timeout, 5.0)
-        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
         self._timeout_spec = httpx.Timeout(timeout, connect=short, pool=short)
-        self._default_timeout = _aiohttp_timeout(self._timeout_spec)
+        self._default_timeouts = _timeouts(self._timeout_spec)
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._targets: dict[str, _Target] = {}  # URL text -> target, oldest first
-        self._literals_allowed: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
+        self._open: set[Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
 
-    # -- configuration, for tests and callers that build more clients alike --
+    # -- configuration and state, for tests and callers that build more clients alike --
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -296,9 +230,8 @@ class HttpClient:
         return self._keepalive_expiry
 
     @property
-    def session(self) -> aiohttp.ClientSession | None:
-        """The open aiohttp session, if a request opened one."""
-        return self._session
+    def open_connections(self) -> int:
+        return len(self._open)
 
     # -- requests --
 
@@ -311,7 +244,7 @@ class HttpClient:
         content: bytes | str | None = None,
         json: Any = None,
         params: Mapping[str, str] | None = None,
-        timeout: httpx.Timeout | float | None = None,  # noqa: ASYNC109 (aiohttp enforces it, per phase)
+        timeout: httpx.Timeout | float | None = None,  # noqa: ASYNC109 (enforced per phase)
     ) -> httpx.Response:
         """Send one request and return its answer, read whole, whatever its status.
 
@@ -320,65 +253,31 @@ class HttpClient:
         if self._closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         target = self._target(url, params)
-        if target.literal is not None and target.literal not in self._literals_allowed:
-            self._check_literal(target.literal)
-        session = self._session
-        loop = asyncio.get_running_loop()
-        if session is None or self._loop is not loop:
-            session = self._open(loop)
-
-        sent: list[tuple[str, str]] = list(target.headers)
-        given = headers.items() if isinstance(headers, Mapping) else (headers or ())
-        names = {"host"} if sent else set()
-        for name, value in given:
-            lowered = name.lower()
-            if lowered == "host" and sent:
-                continue  # an override's target decides where the request goes
-            names.add(lowered)
-            sent.append((name, value))
         if json is not None and content is None:
             content = orjson.dumps(json)
-            if "content-type" not in names:
-                sent.append(("Content-Type", "application/json"))
-                names.add("content-type")
-        sent.extend((name, value) for name, value in _DEFAULT_HEADERS if name.lower() not in names)
+            if not _has(headers, "content-type"):
+                headers = [*_pairs(headers), ("Content-Type", "application/json")]
         data = content.encode("utf-8") if isinstance(content, str) else content
-        skip = None if "content-type" in names else ("Content-Type",)  # no octet-stream of its own
-
-        aio_timeout = self._default_timeout if timeout is None else self._timeout(timeout)
+        request = _serialize(method, target, headers, data)
+        limits = self._default_timeouts if timeout is None else _timeouts(timeout)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._adopt(loop)
         try:
-            response = await session.request(
-                method,
-                target.send_to,
-                headers=sent,
-                data=data,
-                allow_redirects=False,
-                timeout=aio_timeout,
-                skip_auto_headers=skip,
-            )
-            try:
-                body = await _read_whole(response)
-            except BaseException:
-                response.close()  # an unread rest must not go back to the pool
-                raise
+            answer = await self._exchange(target, request, limits, loop)
         except _FAILURES as exc:
-            request = httpx.Request(method, target.url)
-            raise _mapped(exc, request) from _cause(exc)
-        response.release()
-        version = response.version
-        answer = _Answer(
-            response.status,
-            headers=response.raw_headers,
-            content=body,
+            raise _mapped(exc, method, target) from _cause(exc)
+        response = _Answer(
+            answer.status,
+            headers=answer.headers,
+            content=answer.body,
             extensions={
-                "http_version": b"HTTP/1.1"
-                if version is None
-                else f"HTTP/{version.major}.{version.minor}".encode(),
-                "reason_phrase": (response.reason or "").encode("ascii", "replace"),
+                "http_version": f"HTTP/{answer.version}".encode("ascii"),
+                "reason_phrase": answer.reason,
             },
         )
-        answer._method, answer._url = method, target.url
-        return answer
+        response._method, response._url = method, target.url
+        return response
 
     async def get(self, url: str | httpx.URL, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", url, **kwargs)
@@ -396,9 +295,13 @@ class HttpClient:
 
     async def aclose(self) -> None:
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for connection in list(self._open):
+            connection.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports' close callbacks run
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -411,117 +314,271 @@ class HttpClient:
     ) -> None:
         await self.aclose()
 
-    # -- internals --
+    # -- the pool --
 
-    def _open(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            limit_per_host=0,
-            keepalive_timeout=self._keepalive_expiry,
-            force_close=False,
-            use_dns_cache=False,  # every new connection is resolved and checked again
-            resolver=GuardedResolver(self._guard),
-            ssl=self._ssl_context,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            trust_env=False,  # no env proxies, no netrc
-            auto_decompress=False,  # httpx.Response decodes Content-Encoding
-            cookie_jar=aiohttp.DummyCookieJar(),  # no cookies between requests
-            raise_for_status=False,
-            timeout=aiohttp.ClientTimeout(total=None),
-            max_line_size=_HEADER_LINE_LIMIT,
-            max_field_size=_HEADER_LINE_LIMIT,
-        )
-        # aiohttp resends an idempotent request once when a pooled connection drops;
-        # one attempt must stay one request (the retry policy and the status records
-        # count attempts). No public switch in aiohttp 3.x.
-        session._retry_connection = False
-        self._session, self._loop = session, loop
-        return session
+    async def _exchange(
+        self,
+        target: _Target,
+        request: bytes,
+        limits: _Timeouts,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Answer:
+        slots = self._slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(limits.pool):
+                    await slots.acquire()
+            except TimeoutError:
+                raise _PoolTimeout() from None
+        else:
+            await slots.acquire()
+        try:
+            connection = self._reuse(target.key, loop)
+            if connection is None:
+                connection = await self._connect(target, limits.connect, loop)
+            try:
+                answer = await connection.exchange(request, limits.read, limits.write)
+            except BaseException:
+                connection.abort()  # half-sent or half-read: never reused
+                raise
+            if answer.keep_alive and not connection.closed and not self._closed:
+                connection.idle_since = loop.time()
+                self._idle.setdefault(target.key, []).append(connection)
+                if self._sweep is None:
+                    self._sweep = loop.call_later(self._keepalive_expiry, self._expire)
+            else:
+                connection.close()
+            return answer
+        finally:
+            slots.release()
 
-    def _timeout(self, spec: httpx.Timeout | float) -> aiohttp.ClientTimeout:
-        timeout = spec if isinstance(spec, httpx.Timeout) else httpx.Timeout(spec)
-        key = (timeout.connect, timeout.read, timeout.write, timeout.pool)
-        cached = self._timeouts.get(key)
-        if cached is None:
-            cached = _aiohttp_timeout(timeout)
-            if len(self._timeouts) < 64:
-                self._timeouts[key] = cached
-        return cached
+    def _reuse(
+        self, key: tuple[str, str, int], loop: asyncio.AbstractEventLoop
+    ) -> Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = loop.time()
+        while idle:
+            connection = idle.pop()  # the most recent: the least likely to be closed
+            if not connection.closed and now - connection.idle_since < self._keepalive_expiry:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(
+        self, target: _Target, within: float | None, loop: asyncio.AbstractEventLoop
+    ) -> Connection:
+        if len(self._open) >= self._max_connections:
+            self._evict_one()
+        tls = target.key[0] == "https"
+        try:
+            async with asyncio.timeout(within):
+                try:
+                    addresses = await self._guard.resolve(target.host, target.port)
+                except OSError as exc:
+                    raise _Unresolved(target.host, exc) from exc
+                last: OSError | None = None
+                for ip in addresses:
+                    try:
+                        _, connection = await loop.create_connection(
+                            self._protocol,
+                            str(ip),
+                            target.port,
+                            ssl=self._ssl_context if tls else None,
+                            server_hostname=target.host if tls else None,
+                        )
+                    except ssl.SSLError:
+                        raise  # the same certificate comes from every address
+                    except OSError as exc:
+                        last = exc
+                        continue
+                    return connection
+                raise last or OSError(f"{target.host} resolved to no address")
+        except TimeoutError:
+            raise _ConnectTimeout() from None
+
+    def _protocol(self) -> Connection:
+        loop = self._loop
+        assert loop is not None
+        connection = Connection(loop, MAX_ANSWER_BYTES, self._open.discard)
+        self._open.add(connection)
+        return connection
+
+    def _evict_one(self) -> None:
+        """Close the longest-idle connection so a new one stays within the limit."""
+        oldest: tuple[float, list[Connection]] | None = None
+        for idle in self._idle.values():
+            if idle and (oldest is None or idle[0].idle_since < oldest[0]):
+                oldest = (idle[0].idle_since, idle)
+        if oldest is not None:
+            oldest[1].pop(0).close()
+
+    def _expire(self) -> None:
+        self._sweep = None
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        now = loop.time()
+        remaining = False
+        for key, idle in list(self._idle.items()):
+            kept = [c for c in idle if not c.closed and now - c.idle_since < self._keepalive_expiry]
+            for connection in idle:
+                if connection not in kept:
+                    connection.close()
+            if kept:
+                self._idle[key] = kept
+                remaining = True
+            else:
+                del self._idle[key]
+        if remaining:
+            self._sweep = loop.call_later(self._keepalive_expiry / 2, self._expire)
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a fresh pool in `loop` (connections of another loop cannot be used)."""
+        for connection in list(self._open):
+            with contextlib.suppress(RuntimeError):  # its loop is closed already
+                connection.abort()
+        self._open.clear()
+        self._idle.clear()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._slots = asyncio.Semaphore(self._max_connections)
+        self._loop = loop
 
     def _target(self, url: str | httpx.URL, params: Mapping[str, str] | None) -> _Target:
         """Where `url` goes, remembered per URL text: a webhook integration sends every
         alert to the same URL, and parsing and rewriting it costs ~25 µs."""
-        key = url if isinstance(url, str) else str(url)
-        if not params:
-            cached = self._targets.get(key)
-            if cached is not None:
-                return cached
-        parsed = httpx.URL(url)
         if params:
-            parsed = parsed.copy_merge_params(params)
-        if parsed.scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(
-                f"Request URL has an unsupported protocol '{parsed.scheme}://'."
-            )
-        rewritten = self._overrides.rewrite(parsed)
-        extra: tuple[tuple[str, str], ...] = ()
-        if rewritten is not parsed:
-            extra = (
-                ("Host", rewritten.netloc.decode("ascii")),
-                # Lets a local stand-in see which vendor host (e.g. tenant subdomain) was meant.
-                ("X-Forwarded-Host", parsed.netloc.decode("ascii")),
-            )
-        target = _Target(
-            url=parsed,
-            send_to=yarl.URL(str(rewritten), encoded=True),
-            literal=_literal(rewritten.host),
-            headers=extra,
-        )
-        if not params:
+            return _parse_target(url, params, self._overrides)
+        key = url if isinstance(url, str) else str(url)
+        target = self._targets.get(key)
+        if target is None:
+            target = _parse_target(url, None, self._overrides)
             if len(self._targets) >= self._TARGETS_MAX:
                 del self._targets[next(iter(self._targets))]
             self._targets[key] = target
         return target
 
-    def _check_literal(self, host: str) -> None:
-        """aiohttp connects to an IP literal without asking the resolver: check it here.
 
-        A literal the guard let through is remembered (the guard's allow list does not
-        change), so a destination by IP is not checked again on every request."""
-        self._guard.check(ipaddress.ip_address(host), host)
-        if len(self._literals_allowed) >= 1024:
-            self._literals_allowed.clear()
-        self._literals_allowed.add(host)
+# -- the request on the wire -----------------------------------------------------------
 
 
-def _aiohttp_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
-    """httpx's four timeouts as aiohttp's: connect per attempt, pool + connect to get a
-    connection at all, read between reads, and all four together for the exchange."""
-    connect, read, write, pool = timeout.connect, timeout.read, timeout.write, timeout.pool
-    acquire = None if connect is None or pool is None else connect + pool
-    parts = (connect, read, write, pool)
-    total = None if None in parts else sum(p for p in parts if p is not None)
-    return aiohttp.ClientTimeout(total=total, connect=acquire, sock_connect=connect, sock_read=read)
+def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
 
 
-async def _read_whole(response: aiohttp.ClientResponse) -> bytes:
-    """The answer's body, refusing more than MAX_ANSWER_BYTES."""
-    length = response.content_length
-    if length is not None and length > MAX_ANSWER_BYTES:
-        raise _AnswerTooLarge()
-    chunks: list[bytes] = []
-    size = 0
-    stream = response.content
-    while chunk := await stream.readany():
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise _AnswerTooLarge()
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _has(headers: Headers | None, lowered: str) -> bool:
+    return any(name.lower() == lowered for name, _ in _pairs(headers))
 
 
-class _AnswerTooLarge(aiohttp.ClientPayloadError):
-    def __str__(self) -> str:
-        return f"answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+def _serialize(method: str, target: _Target, headers: Headers | None, body: bytes | None) -> bytes:
+    """Request line, headers and body as sent. A caller's Host replaces ours unless an
+    override chose the destination; our defaults fill in what the caller did not set;
+    framing (Content-Length) is always ours."""
+    if method in ("HEAD", "CONNECT") or not _TOKEN.match(method):
+        raise httpx.LocalProtocolError(f"method {method[:20]!r} is not supported")
+    given: list[str] = []
+    names: set[str] = set()
+    for name, value in _pairs(headers):
+        lowered = name.lower()
+        if not _TOKEN.match(name):
+            raise httpx.LocalProtocolError(f"header name {name[:40]!r} is not a token")
+        if _UNSAFE_VALUE.search(value):
+            raise httpx.LocalProtocolError(f"header {name} has CR, LF or NUL in its value")
+        if lowered in _FRAMING or (lowered == "host" and target.sets_host):
+            continue
+        names.add(lowered)
+        given.append(f"{name}: {value}\r\n")
+    lines = [method, target.line]
+    if "host" not in names:
+        lines.append(target.host_lines)
+    lines += given
+    lines += [f"{n}: {v}\r\n" for n, v in _DEFAULT_HEADERS if n.lower() not in names]
+    if body is not None or method in _BODY_METHODS:
+        lines.append(f"Content-Length: {len(body or b'')}\r\n")
+    lines.append("\r\n")
+    head = "".join(lines).encode("utf-8")
+    return head + body if body else head
+
+
+# -- failures as httpx exceptions ------------------------------------------------------
+
+
+class _PoolTimeout(Exception):
+    pass
+
+
+class _ConnectTimeout(Exception):
+    pass
+
+
+class _Unresolved(Exception):
+    def __init__(self, host: str, error: OSError) -> None:
+        super().__init__(host)
+        self.host = host
+        self.error = error
+
+
+_FAILURES = (ExchangeError, OSError, _PoolTimeout, _ConnectTimeout, _Unresolved)
+
+
+def _detail(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return re.sub(r"\s*\(_ssl\.c:\d+\)", "", text)
+
+
+def _mapped(exc: BaseException, method: str, target: _Target) -> Exception:
+    """The httpx exception for a failure of a request to `target`."""
+    request = httpx.Request(method, target.url)
+    where = target.where
+    if isinstance(exc, _PoolTimeout):
+        return httpx.PoolTimeout("no free connection within the pool timeout", request=request)
+    if isinstance(exc, _ConnectTimeout):
+        return httpx.ConnectTimeout(f"connecting to {where} timed out", request=request)
+    if isinstance(exc, _Unresolved):
+        detail = _detail(exc.error)
+        return httpx.ConnectError(f"could not resolve {exc.host}: {detail}", request=request)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = getattr(exc, "verify_message", None) or _detail(exc)
+        return httpx.ConnectError(
+            f"TLS certificate of {where} failed verification: {detail}", request=request
+        )
+    if isinstance(exc, ssl.SSLError):
+        return httpx.ConnectError(
+            f"TLS handshake with {where} failed: {_detail(exc)}", request=request
+        )
+    if isinstance(exc, OSError):
+        return httpx.ConnectError(f"connecting to {where} failed: {_detail(exc)}", request=request)
+    if isinstance(exc, ReadTimedOut):
+        return httpx.ReadTimeout(f"reading from {where} timed out", request=request)
+    if isinstance(exc, WriteTimedOut):
+        return httpx.WriteTimeout(f"sending the request to {where} timed out", request=request)
+    if isinstance(exc, AnswerTooLarge):
+        return httpx.RemoteProtocolError(f"{where} sent too much: {exc}", request=request)
+    if isinstance(exc, AnswerInvalid):
+        return httpx.RemoteProtocolError(
+            f"{where} sent an invalid response: {exc}", request=request
+        )
+    if isinstance(exc, ConnectionBroke):
+        cause = exc.__cause__
+        if cause is None:
+            return httpx.RemoteProtocolError(
+                f"{where} disconnected without sending a complete response", request=request
+            )
+        return httpx.ReadError(f"connection to {where} failed: {_detail(cause)}", request=request)
+    return httpx.TransportError(f"request to {where} failed: {_detail(exc)}", request=request)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """What the httpx exception is chained to: the OS or ssl error behind a broken
+    connection (code reading the chain, e.g. the webhook sink looking for a TLS alert,
+    expects the ssl error itself), otherwise `exc`."""
+    if isinstance(exc, ConnectionBroke) and exc.__cause__ is not None:
+        return exc.__cause__
+    if isinstance(exc, _Unresolved):
+        return exc.error
+    return exc
