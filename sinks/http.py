@@ -61,6 +61,8 @@ __all__ = [
 
 HOST_OVERRIDES_ENV = "ALERTRELAY_HOST_OVERRIDES"
 EGRESS_ALLOW_ENV = "ALERTRELAY_EGRESS_ALLOW"
+MAX_CONNECTIONS_ENV = "ALERTRELAY_HTTP_MAX_CONNECTIONS"
+DEFAULT_MAX_CONNECTIONS = 256
 REDACTED = "[REDACTED]"
 MAX_RETRY_AFTER = 3600.0
 """A server asking us to wait longer than this is capped: the retry policy decides."""
@@ -341,7 +343,7 @@ def build_client(
     cert: tuple[str, str] | None = None,
     overrides: HostOverrides | None = None,
     guard: EgressGuard | None = None,
-    max_connections: int = 100,
+    max_connections: int | None = None,
 ) -> HttpClient:
     """The client every HTTP sink uses (sinks.http_client.HttpClient).
 
@@ -351,15 +353,33 @@ def build_client(
     cannot forget the guard; pass `HostOverrides()` for none. `timeout` bounds each
     read and write; connecting and waiting for a pooled connection get at most 5 s
     each. Every pooled connection may stay idle (no reconnect churn under load) for 5 s.
+    `max_connections` of None: `ALERTRELAY_HTTP_MAX_CONNECTIONS` (default 256) per client.
     """
     return HttpClient(
         ssl_context=_ssl_context(verify, cert),
         guard=EgressGuard.from_env() if guard is None else guard,
         overrides=HostOverrides.from_env() if overrides is None else overrides,
         timeout=timeout,
-        max_connections=max_connections,
+        max_connections=_max_connections() if max_connections is None else max_connections,
         keepalive_expiry=5.0,
     )
+
+
+def _max_connections() -> int:
+    """Open connections one client may hold (all hosts together). Each answer of a
+    per-alert destination takes a connection for its whole round trip, so this caps a
+    sink type's requests in flight: at 20 ms per answer, 100 connections carry at most
+    ~3 300 deliveries/s (bench/analysis.md)."""
+    text = os.environ.get(MAX_CONNECTIONS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_CONNECTIONS
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{MAX_CONNECTIONS_ENV}: {text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{MAX_CONNECTIONS_ENV} must be at least 1")
+    return value
 
 
 def _no_password_prompt() -> str:

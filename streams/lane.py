@@ -1,4 +1,5 @@
-"""Lanes: the alerts topics read in bulk with librdkafka, beside faust.
+"""Lanes: the alerts topics (and the per-alert delivery topics) read in bulk with
+librdkafka, beside faust.
 
 Why: through faust every alert costs a trip through its consumer, conductor, stream and
 producer, ~100-150 µs of the one event loop per record (bench/analysis.md). A lane reads
@@ -161,6 +162,7 @@ class Lane:
 
     name = "lane"
     prefetch_kb = PREFETCH_KB
+    read_max = READ_MAX
 
     def __init__(
         self,
@@ -271,12 +273,12 @@ class Lane:
         """What librdkafka has fetched already, else the first record within 0.1 s and
         what came with it. (Its `consume(n, timeout)` waits for all n or the timeout:
         one alert a second would wait the whole timeout.)"""
-        consume = self._consumer.consume
-        messages: list[Any] = consume(READ_MAX, 0)
+        consume, most = self._consumer.consume, self.read_max
+        messages: list[Any] = consume(most, 0)
         if not messages:
             messages = consume(1, 0.1)
-            if messages:
-                messages.extend(consume(READ_MAX - 1, 0))
+            if messages and most > 1:
+                messages.extend(consume(most - 1, 0))
         return messages
 
     def _take(self, messages: list[Any]) -> None:

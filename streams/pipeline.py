@@ -16,11 +16,12 @@ from streams.agents.config import make_config_agents
 from streams.agents.health import make_health_agent
 from streams.agents.retry import make_parker, make_retry_agent
 from streams.agents.router import RouteRules
-from streams.agents.sinks import BatchingAgent, PerAlertAgent
+from streams.agents.sinks import BatchingAgent, PerAlertDeliveries
 from streams.api.integrations import IntegrationService
 from streams.api.views import register_api, register_views
 from streams.app import create_app
 from streams.batch_lane import BatchLane
+from streams.delivery_lane import DeliveryLane
 from streams.direct_producer import DirectProducer
 from streams.reporter import KafkaReporter
 from streams.routing_lane import RoutingLane
@@ -64,12 +65,29 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     app.agent(topics.configs_by_tenant, name="config-apply")(apply)
     # The alerts topics are read by two lanes beside faust (streams/lane.py): one writes
     # delivery records for per-alert types, the other buffers alerts for batching ones.
+    # Per-alert types' delivery topics are read by a lane each (streams/delivery_lane.py).
     rules = RouteRules(partitions, settings.alerts_by_tenant_topic, settings.replay_topic)
-    per_alert_types = sorted(k for k, s in sinks.items() if isinstance(s, PerAlertSink))
+    per_alert = {k: s for k, s in sinks.items() if isinstance(s, PerAlertSink)}
+    per_alert_types = sorted(per_alert)
     batching = {k: s for k, s in sinks.items() if isinstance(s, BatchingSink)}
+    park = make_parker(topics, settings.retry_tiers)
+    # Each per-alert type's delivery topic is read by a lane of its own; what a delivery
+    # writes (status, retry and dead letter records) is flushed before the lane commits.
+    delivery_lanes = [
+        DeliveryLane(
+            settings,
+            table,
+            rules,
+            PerAlertDeliveries(per_alert[kind], settings, reporter, box, park),
+            reporter,
+            (direct.flush, app.producer.flush),
+        )
+        for kind in per_alert_types
+    ]
     lanes = (
         RoutingLane(settings, table, rules, per_alert_types, reporter, routed, app.producer.flush),
         BatchLane(settings, table, rules, batching, reporter, box, app.producer.flush),
+        *delivery_lanes,
     )
     for lane in lanes:
         app.task(lane.run)
@@ -81,25 +99,18 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
 
     # Fed by the reporter with the status records that can change health, not all of them.
     app.agent(topics.health, name="health")(make_health_agent(health))
-    park = make_parker(topics, settings.retry_tiers)
     for tier, topic in topics.retry.items():
         app.agent(topic, name=f"retry-{tier}s")(make_retry_agent(topics, tier))
 
-    # Sink agents that hold work of their partitions between events (buffers, deliveries
-    # in flight): told when partitions are revoked, so that they drop it for the new owner.
-    holders: list[PerAlertAgent | BatchingAgent] = []
-    for kind, sink in sinks.items():
-        if isinstance(sink, PerAlertSink):
-            per_alert = PerAlertAgent(sink, settings, reporter, box, park)
-            holders.append(per_alert)
-            app.agent(topics.delivery[kind], name=f"sink-{kind}")(per_alert.agent)
-        elif isinstance(sink, BatchingSink):
-            holder = BatchingAgent(sink, settings, reporter, box)
-            holders.append(holder)
-            app.agent(topics.delivery[kind], name=f"sink-{kind}")(holder.agent)
-            app.timer(min(1.0, max(0.05, sink.limits.max_age / 4)), name=f"flush-{kind}")(
-                holder.tick
-            )
+    # Batching types' delivery topics (records routed before the batch lane existed) are
+    # emptied by faust agents that hold buffers between events: told when partitions are
+    # revoked, so that they drop them for the new owner.
+    holders: list[BatchingAgent] = []
+    for kind, sink in batching.items():
+        holder = BatchingAgent(sink, settings, reporter, box)
+        holders.append(holder)
+        app.agent(topics.delivery[kind], name=f"sink-{kind}")(holder.agent)
+        app.timer(min(1.0, max(0.05, sink.limits.max_age / 4)), name=f"flush-{kind}")(holder.tick)
 
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def _revoked(_app: Any, revoked: Any, **_kw: Any) -> None:

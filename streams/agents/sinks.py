@@ -1,8 +1,10 @@
-"""Sink agents: one per integration type, consuming that type's delivery topic.
+"""What consumes the delivery topics: per-alert deliveries and the batching agent.
 
-Both shapes take events without auto-ack (`noack_take`) and ack each one only once its
-alert was delivered or dead-lettered, so a crash at any point re-reads it (DESIGN.md:
-`take` would ack a whole batch on return, `concurrency > 1` commits past in-flight work).
+Per-alert types' delivery topics are read by delivery lanes (streams/delivery_lane.py)
+that hand each record to `PerAlertDeliveries`. Batching types' delivery topics only hold
+records routed before the batch lane existed; `BatchingAgent` empties them through faust,
+taking events without auto-ack (`noack_take`) and acking each only once its batch was
+written or dead-lettered (DESIGN.md: `take` would ack a whole batch on return).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import base64
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from faust.types import TP, EventT, StreamT
@@ -38,7 +40,7 @@ from streams.delivery import (
 )
 from streams.settings import Settings
 
-__all__ = ["BatchingAgent", "PerAlertAgent"]
+__all__ = ["BatchingAgent", "PerAlertDeliveries"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,32 @@ def _read_delivery(value: bytes) -> Delivery:
     return Delivery.model_validate(data)
 
 
+def _unreadable(value: bytes) -> tuple[Delivery | None, str]:
+    """The delivery record in `value`, or None and why it cannot be read."""
+    try:
+        return _read_delivery(value), ""
+    except orjson.JSONDecodeError as exc:
+        return None, f"unreadable delivery record: invalid JSON: {exc.msg}"
+    except ValidationError as exc:
+        return None, f"unreadable delivery record: {format_errors(exc)}"
+
+
+def _unreadable_letter(
+    kind: str, reason: str, value: bytes, topic: str, partition: int, offset: int
+) -> DeadLetter:
+    metrics.DLQ.labels(kind, "deliver").inc()
+    return DeadLetter(
+        reason=reason,
+        stage="deliver",
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        at=time.time(),
+        integration_type=kind,
+        payload_b64=base64.b64encode(value[: 64 * 1024]).decode() or None,
+    )
+
+
 async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | None:
     """A delivery record, or None after dead-lettering one that cannot be read.
 
@@ -87,67 +115,45 @@ async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | Non
     dead-lettered with the reason, never delivered.
     """
     msg = event.message
-    try:
-        return _read_delivery(msg.value or b"")
-    except orjson.JSONDecodeError as exc:
-        reason = f"unreadable delivery record: invalid JSON: {exc.msg}"
-    except ValidationError as exc:
-        reason = f"unreadable delivery record: {format_errors(exc)}"
-    metrics.DLQ.labels(kind, "deliver").inc()
-    await reporter.dead_letter(
-        DeadLetter(
-            reason=reason,
-            stage="deliver",
-            source_topic=msg.topic,
-            source_partition=msg.partition,
-            source_offset=msg.offset,
-            at=time.time(),
-            integration_type=kind,
-            payload_b64=base64.b64encode((msg.value or b"")[: 64 * 1024]).decode() or None,
-        )
-    )
-    return None
+    value = msg.value or b""
+    delivery, reason = _unreadable(value)
+    if delivery is None:
+        letter = _unreadable_letter(kind, reason, value, msg.topic, msg.partition, msg.offset)
+        await reporter.dead_letter(letter)
+    return delivery
 
 
-def _stale(event: EventT) -> bool:
-    """Read before a rebalance that is under way or has happened since.
-
-    faust's own test (`Stream.__anext__`), for events it had already handed over: those
-    waiting in the take buffer or in the batch being worked through. Their partition was
-    revoked (a rebalance revokes every partition, even those assigned again), its
-    pending acks forgotten, and its owner reads them again from the last commit.
-    """
-    app = event.app
-    return (
-        not app.flow_control.is_active()
-        or event.message.generation_id != app.consumer_generation_id
-    )
+TopicPart = tuple[str, int]
+Offered = Literal["started", "parked", "dead-lettered", "busy"]
 
 
 @dataclass(eq=False)
 class _Job:
     """One delivery running as a task, and what its end gives back."""
 
-    tp: TP
-    slot: Any
+    tp: TopicPart
+    done: Callable[[], None]
     key: str
     flight: Flight
     revoked: bool = False
 
 
-class PerAlertAgent:
+class PerAlertDeliveries:
     """Delivers each record of a per-alert type's delivery topic as its own task.
 
-    Each event is acked when its own delivery ends: faust commits only up to the oldest
-    un-acked offset, so nothing in flight is committed past, and a slow destination holds
-    no other integration's alerts. Fairness: one integration may have
-    `per_integration_backlog` deliveries in flight or waiting; beyond that (with parking)
-    its deliveries are parked for a second instead.
+    The delivery lane (streams/delivery_lane.py) hands every record over (`read`, then
+    `offer`) with a `done` to call once its alert was delivered, parked or
+    dead-lettered: the lane commits only up to the oldest record not done, so nothing in
+    flight is committed past. Fairness: one integration may have
+    `per_integration_backlog` deliveries in flight or waiting; a record beyond that is
+    refused (the lane waits for that integration's deliveries to end) until it is
+    `late`, then parked for a second (with parking), so a busy destination slows
+    reading a little and a stuck one holds no other integration's alerts.
 
-    On revocation of its partitions (`on_revoked`), their pending acks are forgotten and
-    the deliveries that have not started their request yet are cancelled: the new owner
-    reads them again from the last commit. A request already on the wire finishes and
-    reports; only its ack is dropped.
+    On `drop` of partitions (revoked, or read again from the last commit), the
+    deliveries that have not started their request yet are cancelled: the records are
+    read again. A request already on the wire finishes and reports; only its `done` is
+    not called.
     """
 
     def __init__(
@@ -171,38 +177,84 @@ class PerAlertAgent:
             park=park,
             breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown),
         )
-        self.topic_name = settings.delivery_topic(sink.type_name)
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self.kind = sink.type_name
         self._backlog: Counter[str] = Counter()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
-        self._acks = OrderedAcks()
+        self._room = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._room_below = settings.max_in_flight
+        self._deferred = metrics.DEFERRED.labels(self.kind)
 
-    async def agent(self, stream: StreamT[Any]) -> None:
-        settings, park, kind = self.settings, self.park, self.sink.type_name
-        async for events in stream.noack_take(settings.take_max, within=settings.take_within):
-            for event in events:
-                if _stale(event):
-                    continue  # not tracked: its partition's owner reads it again
-                slot = self._acks.track(event)
-                delivery = await _parse(event, self.reporter, kind)
-                if delivery is None:
-                    self._acks.done(slot)
-                    continue
-                key = delivery.integration.key
-                if park is not None and self._backlog[key] >= settings.per_integration_backlog:
-                    metrics.DEFERRED.labels(kind).inc()
-                    await park(delivery.model_copy(update={"not_before": time.time() + 1}), 1.0)
-                    self._acks.done(slot)
-                    continue
-                await self._slots.acquire()  # backpressure: stop taking when too much is in flight
-                if _stale(event):  # revoked while it waited: its ack was forgotten
-                    self._slots.release()
-                    continue
-                self._backlog[key] += 1
-                flight = Flight()
-                task = asyncio.create_task(self._deliver(delivery, flight))
-                self._jobs[task] = _Job(event.message.tp, slot, key, flight)
-                task.add_done_callback(self._finished)
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, value: bytes, where: tuple[str, int, int], done: Callable[[], None]) -> None:
+        """Start delivering the record `value` read at (topic, partition, offset); over
+        its integration's backlog, park it at once."""
+        delivery, reason = self.read(value)
+        self.offer(delivery, reason, value, where, done, late=True)
+
+    def read(self, value: bytes) -> tuple[Delivery | None, str]:
+        """The delivery record in `value`, or None and why it cannot be read."""
+        return _unreadable(value)
+
+    def offer(
+        self,
+        delivery: Delivery | None,
+        reason: str,
+        value: bytes,
+        where: tuple[str, int, int],
+        done: Callable[[], None],
+        *,
+        late: bool,
+    ) -> Offered:
+        """Start what `read` gave for the record read at `where`: "busy" (nothing done)
+        when its integration's backlog is full and it is not `late` yet; a late one is
+        "parked" for a second instead (with parking; without, it waits in the backlog)."""
+        topic, partition, offset = where
+        if delivery is None:
+            letter = _unreadable_letter(self.kind, reason, value, topic, partition, offset)
+            self._start(self._dead_letter(letter), (topic, partition), "", done)
+            return "dead-lettered"
+        key = delivery.integration.key
+        if self.park is not None and self._backlog[key] >= self.settings.per_integration_backlog:
+            if not late:
+                return "busy"
+            self._deferred.inc()
+            parked = delivery.model_copy(update={"not_before": time.time() + 1})
+            self._start(self._park(parked), (topic, partition), "", done)
+            return "parked"
+        flight = Flight()
+        self._backlog[key] += 1
+        self._start(self._deliver(delivery, flight), (topic, partition), key, done, flight)
+        return "started"
+
+    async def ended(self) -> None:
+        """Until some delivery ends."""
+        self._ended.clear()
+        await self._ended.wait()
+
+    def _start(
+        self,
+        work: Coroutine[Any, Any, None],
+        tp: TopicPart,
+        key: str,
+        done: Callable[[], None],
+        flight: Flight | None = None,
+    ) -> None:
+        task = asyncio.create_task(work)
+        # A parking or dead-lettering job is never called off: it has no flight.
+        self._jobs[task] = _Job(tp, done, key, flight or _NEVER_WAITING)
+        task.add_done_callback(self._finished)
+
+    async def wait_for_room(self, headroom: int) -> None:
+        """Until `headroom` more deliveries fit under `max_in_flight`."""
+        limit = max(1, self.settings.max_in_flight - headroom)
+        while len(self._jobs) >= limit:
+            self._room_below = limit
+            self._room.clear()
+            await self._room.wait()
 
     async def _deliver(self, delivery: Delivery, flight: Flight) -> None:
         try:
@@ -213,27 +265,36 @@ class PerAlertAgent:
                 dead_letter_for(delivery, f"internal error: {type(exc).__name__}", 0)
             )
 
+    async def _park(self, delivery: Delivery) -> None:
+        assert self.park is not None
+        await self.park(delivery, 1.0)
+
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        await self.reporter.dead_letter(letter)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         # A done callback, not a `finally` in the task: a task cancelled before it first
-        # ran never enters its body, and its slot and backlog must come back all the same.
+        # ran never enters its body, and its backlog count must come back all the same.
         job = self._jobs.pop(task)
-        self._backlog[job.key] -= 1
-        if self._backlog[job.key] <= 0:
-            del self._backlog[job.key]
-        self._slots.release()
+        if job.key:
+            self._backlog[job.key] -= 1
+            if self._backlog[job.key] <= 0:
+                del self._backlog[job.key]
+        self._ended.set()
+        if len(self._jobs) < self._room_below:
+            self._room.set()
         if not task.cancelled() and task.exception() is not None:  # BaseException only
             log.error("delivery task of %s ended with %r", job.key, task.exception())
         if not job.revoked:
-            self._acks.done(job.slot)
+            job.done()
 
-    def on_revoked(self, revoked: Iterable[TP]) -> None:
-        mine = {tp for tp in revoked if tp.topic == self.topic_name}
-        if not mine:
-            return
-        self._acks.forget(mine)
+    def drop(self, tps: Iterable[TopicPart] | None = None) -> None:
+        """Forget the records of these partitions (all when None): cancel their
+        deliveries that have not sent anything yet; the others finish without `done`."""
+        mine = None if tps is None else set(tps)
         cancelled = finishing = 0
         for task, job in list(self._jobs.items()):
-            if job.tp not in mine or job.revoked:
+            if job.revoked or (mine is not None and job.tp not in mine):
                 continue
             job.revoked = True
             if job.flight.waiting:
@@ -243,13 +304,15 @@ class PerAlertAgent:
                 finishing += 1
         if cancelled or finishing:
             log.info(
-                "%s: revoked %d partitions; cancelled %d deliveries not yet sent, "
-                "%d on the wire finish without an ack",
-                self.sink.type_name,
-                len(mine),
+                "%s: cancelled %d deliveries not yet sent, %d on the wire finish without an ack",
+                self.kind,
                 cancelled,
                 finishing,
             )
+
+
+_NEVER_WAITING = Flight()
+_NEVER_WAITING.waiting = False
 
 
 class BatchingAgent:

@@ -147,9 +147,10 @@ def test_the_lane_commits_an_alert_only_once_its_object_is_written(
 def test_an_upgraded_worker_s_lanes_start_where_the_earlier_version_stopped(
     kafka_bootstrap: str, moto_s3: str, tmp_path: Path
 ) -> None:
-    """Two versions back, faust's group (`<app_id>`) routed the alerts; one version back,
-    the batch lane had its own group already. The routing lane, new, starts where faust's
-    group is; the batch lane resumes at its own position."""
+    """Two versions back, faust's group (`<app_id>`) routed the alerts and its sink agents
+    read the delivery topics; one version back, the batch lane had its own group
+    already. The routing lane and the delivery lanes, new, start where faust's group is;
+    the batch lane resumes at its own position."""
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -157,17 +158,25 @@ def test_an_upgraded_worker_s_lanes_start_where_the_earlier_version_stopped(
     tenant = "t-upgrade"
     partition = tenant_partition(tenant, PARTITIONS)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(fresh.alerts, PARTITIONS, 1)]).values():
+    webhooks = f"{fresh.app_id}-deliver-webhook"
+    created = admin.create_topics(
+        [NewTopic(fresh.alerts, PARTITIONS, 1), NewTopic(webhooks, PARTITIONS, 1)]
+    )
+    for future in created.values():
         future.result()
     old = [make_alert(i, tenant, alert_id=f"old-{i}") for i in range(4)]
     produce(kafka_bootstrap, fresh.alerts, [(tenant, a) for a in old])
-    # The earlier version's groups (no members left): its router had routed two alerts,
-    # its batch lane had written all four.
-    for group, offset in ((fresh.app_id, 2), (f"{fresh.app_id}-batching", 4)):
+    # Delivered by the earlier version's webhook agent (never to be read again).
+    produce(kafka_bootstrap, webhooks, [(tenant, {"delivered": i}) for i in range(3)])
+    # The earlier version's groups (no members left): its router had routed two alerts
+    # and its webhook agent delivered three records, its batch lane had written all four.
+    for group, tp in (
+        (fresh.app_id, TopicPartition(fresh.alerts, partition, 2)),
+        (fresh.app_id, TopicPartition(webhooks, partition, 3)),
+        (f"{fresh.app_id}-batching", TopicPartition(fresh.alerts, partition, 4)),
+    ):
         earlier = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
-        earlier.commit(
-            offsets=[TopicPartition(fresh.alerts, partition, offset)], asynchronous=False
-        )
+        earlier.commit(offsets=[tp], asynchronous=False)
         earlier.close()
 
     env = {"AWS_ENDPOINT_URL": moto_s3, **ENV}
@@ -181,8 +190,12 @@ def test_an_upgraded_worker_s_lanes_start_where_the_earlier_version_stopped(
         time.sleep(1)
         assert sorted(stored_ids(moto_s3, tenant)) == sorted(a["alert_id"] for a in new)
         log = proc.log_tail(400).splitlines()
-        for lane, start in (("batch lane", 4), ("routing lane", 2)):
+        for lane, topic, start in (
+            ("batch lane", fresh.alerts, 4),
+            ("routing lane", fresh.alerts, 2),
+            ("webhook lane", webhooks, 3),
+        ):
             starts = next(line for line in log if f"{lane} reads" in line)
-            assert f"{fresh.alerts}[{partition}]@{start}" in starts
+            assert f"{topic}[{partition}]@{start}" in starts
     finally:
         proc.stop()

@@ -896,7 +896,7 @@ def test_rebalance_with_two_workers(
 
     Repeats are reported, not asserted: 330-360 of the 3 000 in the last runs, mostly
     after the stop. On revocation the old owner cancels the deliveries of a moved
-    partition it has not started (streams/agents/sinks.py PerAlertAgent.on_revoked);
+    partition it has not started (streams/agents/sinks.py PerAlertDeliveries.drop);
     what it delivered since the last commit (about one commit interval) and what was on
     the wire is sent again by the new owner.
     """

@@ -168,7 +168,19 @@ def test_build_client_verifies_tls_and_keeps_a_pool() -> None:
     assert isinstance(client, HttpClient)
     assert client.ssl_context.verify_mode == ssl.CERT_REQUIRED
     assert client.ssl_context.check_hostname
-    assert client.max_connections == 100 and client.keepalive_expiry == 5.0
+    assert client.max_connections == 256 and client.keepalive_expiry == 5.0
+
+
+def test_the_pool_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTRELAY_HTTP_MAX_CONNECTIONS", "40")
+    assert build_client(overrides=NO_OVERRIDES, guard=LOOPBACK).max_connections == 40
+    assert (
+        build_client(overrides=NO_OVERRIDES, guard=LOOPBACK, max_connections=3).max_connections == 3
+    )
+    for bad in ("0", "many"):
+        monkeypatch.setenv("ALERTRELAY_HTTP_MAX_CONNECTIONS", bad)
+        with pytest.raises(ValueError, match="ALERTRELAY_HTTP_MAX_CONNECTIONS"):
+            build_client(overrides=NO_OVERRIDES, guard=LOOPBACK)
 
 
 async def test_no_proxy_from_the_environment_and_no_cookies_kept(
