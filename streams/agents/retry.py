@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 
 def make_parker(topics: Topics, tiers: tuple[int, ...]) -> Any:
     async def park(delivery: Delivery, delay: float) -> None:
-        topics.retry[tier_for(delay, tiers)].send_soon(
+        # Awaited, not `send_soon`: when the producer's buffer is full the parking
+        # delivery waits, and with it its lane's in-flight limit holds the reading back
+        # (a destination that is down made the lanes park faster than the producer sent,
+        # and the buffer grew by tens of MB).
+        await topics.retry[tier_for(delay, tiers)].send(
             key=delivery.integration.key.encode(),
             value=dumps(delivery.model_dump(mode="json")),  # waits queued: exact size
-            force=True,
         )
 
     return park

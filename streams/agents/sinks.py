@@ -81,7 +81,7 @@ def _read_delivery(value: bytes) -> Delivery:
     return Delivery.model_validate(data)
 
 
-def _unreadable(value: bytes) -> tuple[Delivery | None, str]:
+def _read_or_reason(value: bytes) -> tuple[Delivery | None, str]:
     """The delivery record in `value`, or None and why it cannot be read."""
     try:
         return _read_delivery(value), ""
@@ -116,7 +116,7 @@ async def _parse(event: EventT, reporter: Reporter, kind: str) -> Delivery | Non
     """
     msg = event.message
     value = msg.value or b""
-    delivery, reason = _unreadable(value)
+    delivery, reason = _read_or_reason(value)
     if delivery is None:
         letter = _unreadable_letter(kind, reason, value, msg.topic, msg.partition, msg.offset)
         await reporter.dead_letter(letter)
@@ -197,7 +197,7 @@ class PerAlertDeliveries:
 
     def read(self, value: bytes) -> tuple[Delivery | None, str]:
         """The delivery record in `value`, or None and why it cannot be read."""
-        return _unreadable(value)
+        return _read_or_reason(value)
 
     def offer(
         self,
