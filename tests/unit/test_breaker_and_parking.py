@@ -202,3 +202,30 @@ async def test_the_open_circuits_gauge_follows_opening_and_closing() -> None:
     clock.now += 31
     assert await runner.deliver(one()) == Outcome.DELIVERED  # the probe closes it
     assert gauge() == 0
+
+
+async def test_parking_waits_for_the_producer_to_take_the_record() -> None:
+    """A parked delivery is done only once the producer has taken it: when its buffer is
+    full, the delivery (and with it its lane's in-flight limit) waits."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.agents.retry import make_parker
+
+    class Topic:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.room = asyncio.Event()
+
+        async def send(self, *, key: bytes, value: bytes) -> None:
+            await self.room.wait()
+            self.sent.append(key)
+
+    topic = Topic()
+    park = make_parker(SimpleNamespace(retry={1: topic, 5: Topic()}), (1, 5))  # type: ignore[arg-type]
+    parking = asyncio.create_task(park(delivery(), 1.0))
+    await asyncio.sleep(0.01)
+    assert not parking.done() and topic.sent == []
+    topic.room.set()
+    await asyncio.wait_for(parking, 1)
+    assert topic.sent == [b"t/i"]
