@@ -640,26 +640,26 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
             out += [
                 "### HTTP client cost (`bench/http_clients.py`)",
                 "",
-                "The same 1 KB POST to bench/receiver.py (answering at once) from one asyncio "
-                "loop, CPU of the client process per request. httpx as `sinks.http.build_client` "
-                "builds it (what the webhook sink uses) against a plain aiohttp `ClientSession`; "
-                "with and without `sniffio` importable (httpcore imports it on every request; "
-                "it is not installed in .venv, so each request pays a failed import that "
-                "searches sys.path).",
+                "The same 1 KB POST to bench/receiver.py (answering after "
+                "`receiver_delay_s`) from one asyncio loop, CPU of the client process per "
+                "request: the clients the HTTP sinks used in earlier sessions, the one they "
+                "use now (`sinks.http.build_client`: sinks/http_client.py on "
+                "sinks/http_connection.py), and a plain aiohttp `ClientSession`.",
                 "",
-                "| in flight | sniffio | httpx req/s | httpx CPU µs/req | aiohttp req/s "
-                "| aiohttp CPU µs/req |",
-                "|---:|---|---:|---:|---:|---:|",
+                "| client | in flight | answer delay | req/s | CPU µs/req |",
+                "|---|---:|---:|---:|---:|",
             ]
             for r in runs:
-                hx = r.get("httpx (sinks.http.build_client)", {})
-                ah = r.get("aiohttp ClientSession", {})
-                out.append(
-                    f"| {r.get('concurrency')} | {'yes' if r.get('sniffio_installed') else 'no'} "
-                    f"| {_fmt(hx.get('requests_per_second'))} | "
-                    f"{_fmt(hx.get('cpu_us_per_request'))} | {_fmt(ah.get('requests_per_second'))} "
-                    f"| {_fmt(ah.get('cpu_us_per_request'))} |"
-                )
+                for name, figures in r.items():
+                    if not isinstance(figures, dict) or "cpu_us_per_request" not in figures:
+                        continue
+                    delay = r.get("receiver_delay_s")
+                    out.append(
+                        f"| {name} | {r.get('concurrency')} | "
+                        f"{'–' if delay is None else f'{delay * 1000:g} ms'} | "
+                        f"{_fmt(figures.get('requests_per_second'))} | "
+                        f"{_fmt(figures.get('cpu_us_per_request'))} |"
+                    )
             out.append("")
     if profile:
         out += [

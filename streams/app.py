@@ -52,6 +52,12 @@ def create_app(settings: Settings, partitions: int) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=5,
         stream_wait_empty=False,
+        # faust reads no hot path any more (the lanes read alerts and per-alert delivery
+        # topics): configs, health, retry tiers. Its defaults (4 096 events buffered per
+        # stream, 1 MB fetched per partition) let the five retry tiers' agents, which
+        # sleep until their head is due, hold tens of MB of parked records.
+        stream_buffer_maxsize=256,
+        consumer_max_fetch_size=256 * 1024,
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,

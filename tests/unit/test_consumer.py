@@ -90,8 +90,12 @@ async def test_the_app_reads_through_the_guarded_consumer_with_a_short_fetch_wai
     kafka = app.consumer._thread._create_worker_consumer(app.transport)
     try:
         assert kafka._fetch_max_wait_ms == 42  # faust alone: 1 500
+        assert kafka._max_partition_fetch_bytes == 256 * 1024  # faust alone: 1 MB
     finally:
         await kafka.stop()
+    # faust reads no hot path: few events buffered per stream (the retry tiers' agents
+    # sleep on their head; faust's 4 096 held tens of MB of parked records).
+    assert app.conf.stream_buffer_maxsize == 256
 
 
 def test_the_first_offset_fetched_is_remembered_until_revocation() -> None:
