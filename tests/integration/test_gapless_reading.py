@@ -8,6 +8,7 @@ Transaction markers leave real holes in the offsets: those must be read past, on
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -88,6 +89,9 @@ def _read_with(
         ],
         stdout=subprocess.DEVNULL,
         stderr=(tmp / f"{app_id}.log").open("wb"),
+        # faust keeps its data directory in the working directory: the test's, not the repo's.
+        cwd=tmp,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     try:
         deadline = time.monotonic() + 90
