@@ -73,7 +73,7 @@ class DeliveryLane(Lane):
         flushes: Sequence[Callable[[], Awaitable[None]]],
     ) -> None:
         self.name = f"{deliveries.kind} lane"
-        super().__init__(settings, table, rules, reporter, f"{settings.app_id}-delivery", flushes)
+        super().__init__(settings, table, rules, reporter, settings.delivery_lane_group, flushes)
         self.deliveries = deliveries
         self.topics = frozenset({settings.delivery_topic(deliveries.kind)})
         self._waiting: deque[_Read] = deque()  # in offset order

@@ -140,6 +140,11 @@ class Settings:
         return f"{self.app_id}-routing"
 
     @property
+    def delivery_lane_group(self) -> str:
+        """The delivery lanes' consumer group (streams/delivery_lane.py), all types."""
+        return f"{self.app_id}-delivery"
+
+    @property
     def alerts_by_tenant_topic(self) -> str:
         return f"{self.app_id}-alerts-by-tenant"
 

@@ -189,12 +189,6 @@ class PerAlertDeliveries:
     def in_flight(self) -> int:
         return len(self._jobs)
 
-    def submit(self, value: bytes, where: tuple[str, int, int], done: Callable[[], None]) -> None:
-        """Start delivering the record `value` read at (topic, partition, offset); over
-        its integration's backlog, park it at once."""
-        delivery, reason = self.read(value)
-        self.offer(delivery, reason, value, where, done, late=True)
-
     def read(self, value: bytes) -> tuple[Delivery | None, str]:
         """The delivery record in `value`, or None and why it cannot be read."""
         return _read_or_reason(value)

@@ -131,11 +131,17 @@ class Harness:
         for partition, alert_id, integration_id in records:
             offset = self.offsets.get(partition, 0)
             self.offsets[partition] = offset + 1
-            self.deliveries.submit(
+            self.submit(
                 record(alert_id, integration_id),
                 (TOPIC, partition, offset),
                 lambda p=partition, o=offset: self.acked.append((p, o)),
             )
+
+    def submit(self, value: bytes, where: tuple[str, int, int], done: Callable[[], None]) -> None:
+        """Hand a record over as a lane does once it is late: over its integration's
+        backlog, it is parked at once."""
+        delivery, reason = self.deliveries.read(value)
+        self.deliveries.offer(delivery, reason, value, where, done, late=True)
 
     def revoke(self, *partitions: int) -> None:
         self.deliveries.drop({(TOPIC, p) for p in partitions})
@@ -259,7 +265,7 @@ async def test_deliveries_over_the_backlog_are_parked() -> None:
 async def test_an_unreadable_record_is_dead_lettered_and_done() -> None:
     sink = Gated(auto=True)
     h = Harness(sink)
-    h.deliveries.submit(b"{not json", (TOPIC, 2, 7), lambda: h.acked.append((2, 7)))
+    h.submit(b"{not json", (TOPIC, 2, 7), lambda: h.acked.append((2, 7)))
     await settle(lambda: h.acked == [(2, 7)])
     [letter] = h.reporter.dead
     assert letter.stage == "deliver" and letter.integration_type == "webhook"
