@@ -16,9 +16,18 @@ import orjson
 from pydantic import ValidationError
 
 from schemas import load_schema
-from schemas.models import Alert
+from schemas.models import MAX_TENANT_CHARS, Alert
 
-__all__ = ["MAX_ALERT_BYTES", "DecodeError", "decode_alert", "encode_alert_avro", "format_errors"]
+__all__ = [
+    "MAX_ALERT_BYTES",
+    "DecodeError",
+    "decode_alert",
+    "encode_alert_avro",
+    "format_errors",
+    "parse_alert",
+    "tenant_of",
+    "validate_alert",
+]
 
 # Real alerts are ~1 KB; a quarter MiB leaves room for large `details` yet stays far
 # below the broker's default 1 MiB record limit, so the check is reachable.
@@ -61,11 +70,14 @@ def _decode_avro(body: bytes) -> Any:
     return record
 
 
-def decode_alert(
+def parse_alert(
     raw: bytes | None,
     headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None = None,
-) -> Alert:
-    """Decode and validate one alert, raising DecodeError with a readable reason."""
+) -> dict[str, Any]:
+    """The record's fields, not yet validated (JSON or Avro), or DecodeError.
+
+    The routing lane stops here for tenants without per-alert integrations: the batch
+    lane validates every alert anyway (streams/lane.py, "who dead-letters what")."""
     if raw is None or len(raw) == 0:
         raise DecodeError("empty record")
     if len(raw) > MAX_ALERT_BYTES:
@@ -83,10 +95,35 @@ def decode_alert(
             raise DecodeError(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(data, dict):
         raise DecodeError(f"an alert must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def tenant_of(data: Mapping[str, Any]) -> str:
+    """The parsed alert's tenant, held to the model's rule for `tenant_id`."""
+    tenant = data.get("tenant_id")
+    if isinstance(tenant, str) and 1 <= len(tenant) <= MAX_TENANT_CHARS:
+        return tenant
+    if tenant is None:
+        raise DecodeError("invalid alert: tenant_id: Field required")
+    raise DecodeError(
+        f"invalid alert: tenant_id: must be a string of 1 to {MAX_TENANT_CHARS} characters"
+    )
+
+
+def validate_alert(data: dict[str, Any]) -> Alert:
+    """A parsed alert (`parse_alert`) as the model, or DecodeError with the fields at fault."""
     try:
         return Alert.model_validate(data)
     except ValidationError as exc:
         raise DecodeError(f"invalid alert: {format_errors(exc)}") from None
+
+
+def decode_alert(
+    raw: bytes | None,
+    headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None = None,
+) -> Alert:
+    """Decode and validate one alert, raising DecodeError with a readable reason."""
+    return validate_alert(parse_alert(raw, headers))
 
 
 def encode_alert_avro(alert: Alert, *, confluent_schema_id: int | None = None) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "MAX_TENANT_CHARS",
     "RISK_ORDER",
     "Alert",
     "DeadLetter",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 MAX_TEXT = 64 * 1024
+MAX_TENANT_CHARS = 256
 _RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
@@ -57,7 +59,7 @@ class Alert(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     alert_id: str = Field(min_length=1, max_length=512)
-    tenant_id: str = Field(min_length=1, max_length=256)
+    tenant_id: str = Field(min_length=1, max_length=MAX_TENANT_CHARS)
     event_type: EventType
     risk_level: RiskLevel
     title: str = Field(min_length=1, max_length=MAX_TEXT)

@@ -100,6 +100,8 @@ class BatchLimits:
 
 
 _DAYS: dict[dt.date, dt.date] = {}
+_DAYS_SINCE_EPOCH: dict[int, dt.date] = {}
+_EPOCH = dt.date(1970, 1, 1)
 
 
 def _shared_day(day: dt.date) -> dt.date:
@@ -111,10 +113,19 @@ def _shared_day(day: dt.date) -> dt.date:
 
 def _record_day(produced_at: float | None, alert: Alert) -> dt.date:
     """The UTC date a record is filed under: its alert's Kafka timestamp, else (records
-    routed before timestamps were carried) the alert's own detection time."""
+    routed before timestamps were carried) the alert's own detection time.
+
+    From the timestamp by day number (POSIX time has 86 400 s a day): ~0.1 µs, where a
+    datetime and its date took ~1 µs for every alert buffered."""
     if produced_at is None:
-        return alert.detected_at.astimezone(dt.UTC).date()
-    return dt.datetime.fromtimestamp(produced_at, tz=dt.UTC).date()
+        return _shared_day(alert.detected_at.astimezone(dt.UTC).date())
+    number = int(produced_at // 86_400)
+    day = _DAYS_SINCE_EPOCH.get(number)
+    if day is None:
+        if len(_DAYS_SINCE_EPOCH) > 1000:
+            _DAYS_SINCE_EPOCH.clear()
+        day = _DAYS_SINCE_EPOCH[number] = _shared_day(_EPOCH + dt.timedelta(days=number))
+    return day
 
 
 # `orjson.dumps(alert.wire())` byte for byte, ~1 µs sooner, and of exactly its length
@@ -165,7 +176,7 @@ class BatchRecord:
             alert_id=alert.alert_id,
             idempotency_key=idempotency_key,
             source_offset=source_offset,
-            day=_shared_day(_record_day(produced_at, alert)),
+            day=_record_day(produced_at, alert),
             produced_at=produced_at,
             redrive=redrive,
         )

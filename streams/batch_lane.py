@@ -3,8 +3,10 @@ topics straight into their integration's buffers, without a delivery topic.
 
 It routes with the same rules (`RouteRules`) and the config table and hands alerts
 to the same batch writers the `BatchingAgent` uses (which still empties the batching
-delivery topics an earlier version wrote). Alerts it cannot decode, or that are on the
-wrong partition, are the routing lane's (streams/routing_lane.py): this lane skips them.
+delivery topics an earlier version wrote). It validates every alert on its tenant's
+partition, counts it and dead-letters it if it is invalid; records without a tenant and
+alerts on the wrong partition are the routing lane's (streams/lane.py, "who
+dead-letters what").
 
 Where it resumes: its group, `<app_id>-batching`, whose position for a partition is the
 first alert read that is not yet written (or dead-lettered) — so a crash re-reads what
@@ -15,13 +17,14 @@ was only buffered, and the sinks' object naming turns the re-write into a no-op
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.types import TableT
 
-from schemas.codec import DecodeError, decode_alert
+from schemas.codec import DecodeError, parse_alert, tenant_of, validate_alert
 from schemas.models import IntegrationConfig, idempotency_key
 from sinks.base import BatchingSink, BatchRecord
 from sinks.secretbox import SecretBox
@@ -34,6 +37,10 @@ from streams.lane import Lane, produced_at
 from streams.settings import Settings
 
 __all__ = ["BatchLane"]
+
+log = logging.getLogger(__name__)
+
+_RESULTS = ("routed", "no_match", "unknown_tenant", "invalid")
 
 
 class BatchLane(Lane):
@@ -64,6 +71,10 @@ class BatchLane(Lane):
         self._ready: dict[str, list[Pending]] = {}
         self._configs: dict[tuple[str, int], IntegrationConfig] = {}
         self._routed = {kind: metrics.ROUTED.labels(kind) for kind in sinks}
+        self._alerts = {r: metrics.ALERTS.labels(r) for r in _RESULTS}
+        # What this read counted, added to the metrics once per read.
+        self._results: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
         self._read_any = False
 
     def _take(self, messages: list[Any]) -> None:
@@ -76,6 +87,12 @@ class BatchLane(Lane):
         ready, self._ready = self._ready, {}
         for kind, batches in ready.items():
             self.writers[kind].spawn(batches)
+        # Counted per read: a counter increment per alert costs ~1 µs.
+        for counts, children in ((self._results, self._alerts), (self._counts, self._routed)):
+            if counts:
+                for label, n in counts.items():
+                    children[label].inc(n)
+                counts.clear()
 
     async def _after_read(self) -> None:
         for writer in self.writers.values():
@@ -86,48 +103,75 @@ class BatchLane(Lane):
             await writer.wait_for_room()
 
     def _take_one(self, msg: Any) -> None:
-        acks, writers, rules, table = self.acks, self.writers, self.rules, self.table
+        acks, rules = self.acks, self.rules
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         tp = (topic, partition)
+        if acks.position(tp) is None:
+            return  # not (or no longer) assigned
         headers = msg.headers()
         try:
-            alert = decode_alert(msg.value(), headers)
+            data = parse_alert(msg.value(), headers)
+            tenant = tenant_of(data)
         except DecodeError:  # the routing lane dead-letters it
             acks.read(tp, offset, 0)
             return
-        entries = table.get(alert.tenant_id)
-        route = rules.route(topic, partition, offset, headers, alert, entries) if entries else None
+        source = rules.locate(topic, partition, offset, headers, tenant)
+        if source is None:  # the routing lane sends it on to its tenant's partition
+            acks.read(tp, offset, 0)
+            return
+        try:
+            alert = validate_alert(data)
+        except DecodeError as exc:  # this lane's to dead-letter (streams/lane.py)
+            acks.read(tp, offset, 0)
+            self._count("invalid")
+            log.warning("undecodable alert at %s[%d]@%d: %s", topic, partition, offset, exc)
+            self._dead_letter(msg, str(exc), "decode")
+            return
+        entries = self.table.get(tenant)
+        configs, redrive = (
+            rules.select(topic, headers, entries, alert.event_type, alert.risk_level)
+            if entries
+            else ([], False)
+        )
+        if configs:
+            self._count("routed")
+        else:
+            self._count("no_match" if entries is not None else "unknown_tenant")
+        writers = self.writers
         targets = []
-        if route is not None:
-            src_topic, src_partition, src_offset = route.source
-            for config in route.configs:
-                writer = writers.get(config["type"])
-                if writer is None:
-                    continue
-                integration = self._integration(config)
-                key = (integration.key, partition, src_topic, src_partition)
-                if not route.redrive and writer.batcher.holds(key, src_offset):
-                    continue  # read again (a replay of what is written): not counted twice
-                targets.append((writer, key, integration))
+        src_topic, src_partition, src_offset = source
+        for config in configs:
+            writer = writers.get(config["type"])
+            if writer is None:
+                continue
+            integration = self._integration(config)
+            key = (integration.key, partition, src_topic, src_partition)
+            if not redrive and writer.batcher.holds(key, src_offset):
+                continue  # read again (a replay of what is written): not counted twice
+            targets.append((writer, key, integration))
         handle = acks.read(tp, offset, len(targets))
-        if route is None or handle is None:
+        if handle is None:
             return
         produced, _ = produced_at(msg)
         record: BatchRecord | None = None
+        counts = self._counts
         for writer, key, integration in targets:
             idem = idempotency_key(alert.alert_id, integration.integration_id)
             # The alert's line is serialised once, however many integrations take it.
             record = (
-                BatchRecord.make(alert, idem, src_offset, produced, route.redrive)
+                BatchRecord.make(alert, idem, src_offset, produced, redrive)
                 if record is None
                 else dataclasses.replace(record, idempotency_key=idem)
             )
             pending = writer.batcher.add_record(
                 key, integration, integration.version or 0, record, handle
             )
-            self._routed[integration.type].inc()
+            counts[integration.type] = counts.get(integration.type, 0) + 1
             if pending is not None:
                 self._ready.setdefault(integration.type, []).append(pending)
+
+    def _count(self, result: str) -> None:
+        self._results[result] = self._results.get(result, 0) + 1
 
     def _integration(self, config: dict[str, Any]) -> IntegrationConfig:
         """The config table's entry as a model, parsed once per version."""

@@ -74,6 +74,29 @@ _REGION_CODES = frozenset(
 )
 _MAX_ECHO = 300
 
+# One boto3 session for every writer: a session of its own per client loaded S3's
+# service model again each time (~90 ms of the GIL per integration, bench/analysis.md);
+# clients made from one session share its loader's cache. Each client still gets the
+# integration's own credentials and region. Sessions are not thread-safe: one lock.
+_SESSION_LOCK = threading.Lock()
+_session: boto3.session.Session | None = None
+
+
+def _new_client(
+    access_key_id: str, secret_access_key: str, region: str, config: Config
+) -> S3Client:
+    global _session
+    with _SESSION_LOCK:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(
+            "s3",
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            region_name=region,
+            config=config,
+        )
+
 
 class S3Writer:
     """Writes batch objects to one bucket with one set of credentials."""
@@ -157,12 +180,9 @@ class S3Writer:
         with self._client_lock:
             if self._client is None:
                 try:
-                    session = boto3.session.Session(
-                        aws_access_key_id=self._access_key_id,
-                        aws_secret_access_key=self._secret,
-                        region_name=self.region,
+                    self._client = _new_client(
+                        self._access_key_id, self._secret, self.region, self._config
                     )
-                    self._client = session.client("s3", config=self._config)
                 except (BotoCoreError, ValueError) as exc:
                     raise PermanentError(
                         "cannot set up the S3 client: "

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from schemas.models import RISK_ORDER, Alert, idempotency_key
+from schemas.models import RISK_ORDER, Alert, EventType, idempotency_key
 from streams.wire import dumps
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "RouteRules",
     "delivery_record",
     "detour_headers",
+    "filters_of",
     "matching",
     "tenant_partition",
 ]
@@ -38,6 +39,7 @@ def tenant_partition(tenant_id: str, partitions: int) -> int:
 
 # Risk levels by their wire value: the table holds configs as plain JSON values.
 _LEVEL = {level.value: order for level, order in RISK_ORDER.items()}
+_EVENTS = frozenset(event.value for event in EventType)
 
 
 def _header_items(headers: Any) -> list[tuple[str, bytes]]:
@@ -86,6 +88,37 @@ class RouteRules:
     detour_topic: str
     replay_topic: str
 
+    def locate(
+        self, topic: str, partition: int, offset: int, headers: Any, tenant_id: str
+    ) -> tuple[str, int, int] | None:
+        """Where the alert is named from (its origin, for one that took the detour or is
+        replayed), or None: read on a partition its tenant's configs are not on (the
+        routing lane sends it to the detour topic, where it is read again)."""
+        trusted = topic == self.detour_topic or topic == self.replay_topic
+        source = _source_of(topic, partition, offset, headers) if trusted else None
+        if source is None and partition != tenant_partition(tenant_id, self.partitions):
+            return None
+        return source or (topic, partition, offset)
+
+    def select(
+        self,
+        topic: str,
+        headers: Any,
+        entries: dict[str, Any] | None,
+        event_type: str,
+        risk_level: str,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The configs the alert goes to (a replay may name one) and whether it is a
+        redrive. `event_type` and `risk_level` must be valid values."""
+        configs = matching(entries, event_type, risk_level)
+        redrive = False
+        if topic == self.replay_topic:
+            only = _header(headers, ONLY_HEADER)
+            if only is not None:
+                configs = [c for c in configs if c["integration_id"].encode() == only]
+            redrive = _header(headers, REDRIVE_HEADER) is not None
+        return configs, redrive
+
     def route(
         self,
         topic: str,
@@ -95,20 +128,21 @@ class RouteRules:
         alert: Alert,
         entries: dict[str, Any] | None,
     ) -> Route | None:
-        """None: read on a partition its tenant's configs are not on (the lane sends it
-        to the detour topic, where it is read again with its origin)."""
-        trusted = topic == self.detour_topic or topic == self.replay_topic
-        source = _source_of(topic, partition, offset, headers) if trusted else None
-        if source is None and partition != tenant_partition(alert.tenant_id, self.partitions):
+        """`locate` and `select` for a validated alert (None: read on the wrong partition)."""
+        source = self.locate(topic, partition, offset, headers, alert.tenant_id)
+        if source is None:
             return None
-        configs = matching(entries, alert.event_type, alert.risk_level)
-        redrive = False
-        if topic == self.replay_topic:
-            only = _header(headers, ONLY_HEADER)
-            if only is not None:
-                configs = [c for c in configs if c["integration_id"].encode() == only]
-            redrive = _header(headers, REDRIVE_HEADER) is not None
-        return Route(source or (topic, partition, offset), configs, redrive)
+        configs, redrive = self.select(topic, headers, entries, alert.event_type, alert.risk_level)
+        return Route(source, configs, redrive)
+
+
+def filters_of(data: dict[str, Any]) -> tuple[str, str] | None:
+    """A parsed, not yet validated alert's event type and risk level, if both are valid
+    values (else the alert is invalid: not matched, and the batch lane dead-letters it)."""
+    event, risk = data.get("event_type"), data.get("risk_level")
+    if isinstance(event, str) and event in _EVENTS and isinstance(risk, str) and risk in _LEVEL:
+        return event, risk
+    return None
 
 
 def matching(entries: dict[str, Any] | None, alert_event: str, risk: str) -> list[dict[str, Any]]:

@@ -560,3 +560,20 @@ def test_secret_not_in_repr_and_boto_retries_off() -> None:
     writer = _writer("b")
     assert SECRET not in repr(writer)
     assert getattr(writer._config, "retries", None) == {"total_max_attempts": 1, "mode": "standard"}
+
+
+def test_writers_share_one_session_but_sign_with_their_own_keys() -> None:
+    """Clients come from one boto3 session (S3's service model is loaded once, not
+    once per integration); credentials and region stay each integration's own."""
+    a = _writer("a", access_key_id="AKIAFIRST", secret_access_key="first-secret")
+    b = _writer(
+        "b", access_key_id="AKIASECOND", secret_access_key="second-secret", region="eu-west-1"
+    )
+    client_a, client_b = a._get_client(), b._get_client()
+    assert client_a is not client_b
+    creds_a = client_a._request_signer._credentials  # type: ignore[attr-defined]
+    creds_b = client_b._request_signer._credentials  # type: ignore[attr-defined]
+    assert (creds_a.access_key, creds_a.secret_key) == ("AKIAFIRST", "first-secret")
+    assert (creds_b.access_key, creds_b.secret_key) == ("AKIASECOND", "second-secret")
+    assert (client_a.meta.region_name, client_b.meta.region_name) == (REGION, "eu-west-1")
+    assert client_a._loader is client_b._loader  # type: ignore[attr-defined]

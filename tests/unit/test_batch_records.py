@@ -122,3 +122,18 @@ def test_record_day_is_the_utc_day_and_shared() -> None:
     assert b.day == dt.date(2024, 5, 2)  # 23:30 at -05:00 is the next day in UTC
     again = BatchRecord.of(DELIVERIES[0])
     assert again.day is a.day  # one date object per day, not one per record
+
+
+def test_the_day_of_a_timestamp_is_its_utc_date_at_every_boundary() -> None:
+    import random
+
+    from sinks.base import _record_day
+
+    alert = DELIVERIES[0].alert
+    day = 86_400
+    stamps = [0.0, day - 0.001, day, 1_795_564_799.999, 1_795_564_800.0, -0.5, -day - 1.0]
+    rng = random.Random(3)
+    stamps += [rng.uniform(0, 4_102_444_800) for _ in range(2000)]  # to 2100
+    for stamp in stamps:
+        expected = dt.datetime.fromtimestamp(stamp, tz=dt.UTC).date()
+        assert _record_day(stamp, alert) == expected, stamp

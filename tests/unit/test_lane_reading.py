@@ -1,5 +1,6 @@
 """The batch lane's reading, without a broker: what it buffers, what it leaves to the
-routing lane, and that a bug on one record dead-letters that record and moves on."""
+routing lane, the invalid alerts it dead-letters, what it counts, and that a bug on one
+record dead-letters that record and moves on."""
 
 from __future__ import annotations
 
@@ -91,3 +92,36 @@ async def test_a_bug_on_one_record_dead_letters_it_and_the_lane_goes_on() -> Non
     assert [d.source_offset for d in reporter.dead] == [0, 1]
     assert all(d.stage == "route" and "internal error" in d.reason for d in reporter.dead)
     assert lane_.acks.position(("alerts", HOME)) == 2
+
+
+def invalid_alert(n: int, tenant: str = TENANT) -> bytes:
+    """Parses and names its tenant, but is not an alert (an unknown risk level)."""
+    return alert(n, tenant).replace(b'"high"', b'"severe"')
+
+
+async def test_an_invalid_alert_with_a_tenant_is_this_lanes_to_dead_letter() -> None:
+    lane_, _, reporter = lane({})  # whatever the tenant's configs are
+    lane_._take([Msg(0, invalid_alert(0), HOME), Msg(1, b"not json", HOME)])
+    await lane_._dead_letter_failed()
+    [dead] = reporter.dead  # the record that does not parse is the routing lane's
+    assert (dead.stage, dead.source_offset) == ("decode", 0)
+    assert "risk_level" in dead.reason and "severe" not in dead.reason
+    assert lane_.acks.position(("alerts", HOME)) == 2  # after the DLQ's flush
+
+
+async def test_every_alert_on_its_tenant_partition_is_counted_once_here() -> None:
+    from streams import metrics
+
+    def count(result: str) -> float:
+        return metrics.ALERTS.labels(result)._value.get()
+
+    before = {r: count(r) for r in ("routed", "no_match", "unknown_tenant", "invalid")}
+    lane_, _, _ = lane({TENANT: {"lake": config("lake")}})
+    lane_._take([Msg(0, alert(0), HOME), Msg(1, invalid_alert(1), HOME)])
+    stranger = next(t for t in (f"t{i}" for i in range(99)) if tenant_partition(t, 4) == HOME)
+    lane_._take([Msg(2, alert(2, stranger), HOME), Msg(3, b"{}", HOME)])
+    other = (HOME + 1) % PARTITIONS
+    lane_.acks.reset({("alerts", other): 0})
+    lane_._take([Msg(0, alert(3), other)])  # counted where the detour brings it
+    after = {r: count(r) - n for r, n in before.items()}
+    assert after == {"routed": 1, "no_match": 0, "unknown_tenant": 1, "invalid": 1}

@@ -11,7 +11,15 @@ import pytest
 from pydantic import BaseModel
 
 from schemas import load_schema
-from schemas.codec import MAX_ALERT_BYTES, DecodeError, decode_alert, encode_alert_avro
+from schemas.codec import (
+    MAX_ALERT_BYTES,
+    DecodeError,
+    decode_alert,
+    encode_alert_avro,
+    parse_alert,
+    tenant_of,
+    validate_alert,
+)
 from schemas.models import (
     Alert,
     DeadLetter,
@@ -304,3 +312,25 @@ def test_idempotency_key_is_stable_and_per_integration() -> None:
     # no ambiguity from concatenation
     assert idempotency_key("ab", "c") != idempotency_key("a", "bc")
     assert key.startswith("ar-")
+
+
+@pytest.mark.parametrize("tenant", ["t", "x" * 256, "", "x" * 257, 7, None, ["t"]])
+def test_the_tenant_read_before_validation_follows_the_models_rule(tenant: object) -> None:
+    """The routing lane routes by `tenant_of` without validating (streams/lane.py): it
+    must refuse exactly the tenants the model refuses, or an alert could be dead-lettered
+    by both lanes or by neither."""
+    data = alert_json(tenant_id=tenant)
+    if tenant is None:
+        del data["tenant_id"]
+    try:
+        validate_alert(dict(data))
+        model_ok = True
+    except DecodeError:
+        model_ok = False
+    try:
+        assert tenant_of(parse_alert(orjson.dumps(data))) == tenant
+        parsed_ok = True
+    except DecodeError as exc:
+        assert "tenant_id" in str(exc)
+        parsed_ok = False
+    assert parsed_ok == model_ok
