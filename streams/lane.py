@@ -150,6 +150,11 @@ class LaneAcks:
         return sum(len(p.pending) for p in self._parts.values())
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a lane's commit failed", exc_info=task.exception())
+
+
 def _where(msg: Any) -> str:
     return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
 
@@ -191,6 +196,11 @@ class Lane:
         self._flushes = tuple(flushes)
         self._failed: list[tuple[Any, str, str]] = []  # to dead-letter: record, reason, stage
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        # Commits run beside reading (`_commit_soon`), their librdkafka call in a thread
+        # of its own: librdkafka's consumer may commit in one thread while it is read in
+        # another.
+        self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name} commit")
+        self._committing: asyncio.Task[None] | None = None
         self._consumer: Any = None
         self._assigned: frozenset[TopicPart] = frozenset()
         self._wanted: frozenset[TopicPart] | None = None
@@ -261,7 +271,7 @@ class Lane:
                     await self._dead_letter_failed()
                 await self._after_read()
                 if time.monotonic() - self._last_commit >= self.settings.commit_interval:
-                    await self._commit()
+                    self._commit_soon()
                 await self._before_next_read()
         finally:
             await asyncio.shield(self._close())
@@ -274,6 +284,7 @@ class Lane:
         if self._consumer is not None:
             await self._call(self._consumer.close)
         self._pool.shutdown(wait=False)
+        self._commit_pool.shutdown(wait=False)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -359,6 +370,7 @@ class Lane:
     async def _read_again(self) -> None:
         """Back to the last commit: something read since then may not have reached
         the broker (`_commit`)."""
+        await self._commit_settled()
         self._reread = False
         starts = self.acks.last_committed()
         self._drop_all()
@@ -408,13 +420,34 @@ class Lane:
             reader.close()
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
+    def _commit_soon(self) -> None:
+        """Commit in a task of its own while the lane reads on (one at a time): a commit
+        waits for the broker twice (the flush, then the commit itself), ~100-300 ms
+        under load, which held the lane's reading up for as long (bench/analysis.md)."""
+        if self._committing is None or self._committing.done():
+            self._last_commit = time.monotonic()
+            self._committing = asyncio.create_task(self._commit_now())
+            self._committing.add_done_callback(_log_failure)
+
+    async def _commit_settled(self) -> None:
+        """Until the commit started by `_commit_soon`, if any, has ended."""
+        task = self._committing
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+
     async def _commit(self) -> None:
+        """Commit now, after any commit already under way."""
+        await self._commit_settled()
         self._last_commit = time.monotonic()
+        await self._commit_now()
+
+    async def _commit_now(self) -> None:
         positions = self.acks.moved()
         if not positions or self._consumer is None:
             return
         # What the alerts below these positions made (delivery, status, DLQ records)
-        # goes out before the positions.
+        # goes out before the positions. (Records sent after this point need not: the
+        # flushes wait for what was sent before them.)
         try:
             for flush in self._flushes:
                 await flush()
@@ -423,8 +456,12 @@ class Lane:
             self._reread = True
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        loop = asyncio.get_running_loop()
         try:
-            await self._call(self._consumer.commit, offsets=offsets, asynchronous=False)
+            await loop.run_in_executor(
+                self._commit_pool,
+                lambda: self._consumer.commit(offsets=offsets, asynchronous=False),
+            )
         except KafkaException as exc:
             log.warning("%s: commit failed (will retry): %s", self.name, exc)
             return

@@ -204,3 +204,78 @@ def test_a_full_read_ahead_delays_the_next_fetch_briefly_not_librdkafka_s_second
     assert config["fetch.queue.backoff.ms"] == 10
     assert config["queued.max.messages.kbytes"] == 2048  # it only decodes and produces
     assert config["group.id"] == SETTINGS.routing_lane_group
+
+
+def invalid_alert(n: int) -> bytes:
+    """Parses and names its tenant, but is not an alert (an unknown risk level)."""
+    return alert(n).replace(b'"high"', b'"severe"')
+
+
+async def test_an_invalid_alert_with_a_tenant_on_its_partition_is_left_to_the_batch_lane() -> None:
+    lane, outbox, reporter = routing_lane()
+    missing_title = orjson.dumps({**orjson.loads(alert(1)), "title": ""})
+    lane._take([Msg(0, invalid_alert(0), HOME), Msg(1, missing_title, HOME)])
+    await lane._dead_letter_failed()
+    assert outbox.sent == [] and reporter.dead == []  # validated and dead-lettered there
+    assert lane.acks.position(("alerts", HOME)) == 2
+
+
+async def test_records_without_a_tenant_and_misplaced_invalid_alerts_are_dead_lettered_here() -> (
+    None
+):
+    lane, outbox, reporter = routing_lane()
+    other = (HOME + 1) % PARTITIONS
+    no_tenant = orjson.dumps({**orjson.loads(alert(1)), "tenant_id": 7})
+    lane._take([Msg(0, b"[]", HOME), Msg(1, no_tenant, HOME), Msg(2, invalid_alert(2), other)])
+    await lane._dead_letter_failed()
+    assert [(d.stage, d.source_partition, d.source_offset) for d in reporter.dead] == [
+        ("decode", HOME, 0),
+        ("decode", HOME, 1),
+        ("decode", other, 2),
+    ]
+    assert "tenant_id" in reporter.dead[1].reason
+    assert outbox.sent == []  # the misplaced one is not sent on to the detour
+
+
+def test_an_alert_for_batching_integrations_only_is_not_validated_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams import routing_lane as module
+
+    lane, outbox, _ = routing_lane({TENANT: {"lake": config("lake", "s3")}})
+    validated: list[object] = []
+    monkeypatch.setattr(module, "validate_alert", validated.append)
+    lane._take([Msg(0, alert(0), HOME)])
+    assert validated == [] and outbox.sent == []  # only parsed: the batch lane validates
+
+
+async def test_a_commit_runs_beside_reading_and_commits_what_was_done_when_it_began() -> None:
+    """The flush before a commit waits for the broker; the lane reads on meanwhile
+    (streams/lane.py `_commit_soon`), and a second commit waits for the first."""
+    import asyncio
+
+    lane, outbox, _ = routing_lane()
+    lane._consumer = consumer = Consumer()
+    release = asyncio.Event()
+    flushing: list[int] = []
+
+    async def slow_flush() -> None:
+        flushing.append(1)
+        await release.wait()
+
+    lane._flushes = (slow_flush,)
+    lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
+    lane._commit_soon()
+    await asyncio.sleep(0)
+    assert flushing == [1]
+    lane._take([Msg(2, alert(2), HOME)])  # read and taken while the flush waits
+    lane._commit_soon()  # one at a time: no second commit yet
+    second = asyncio.create_task(lane._commit())
+    await asyncio.sleep(0.01)
+    assert flushing == [1] and consumer.commits == []
+    release.set()
+    await second
+    first, then = consumer.commits
+    assert [(tp.partition, tp.offset) for tp in first if tp.topic == "alerts"] == [(HOME, 2)]
+    assert [(tp.partition, tp.offset) for tp in then if tp.topic == "alerts"] == [(HOME, 3)]
+    assert len(outbox.sent) == 6
