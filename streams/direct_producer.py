@@ -106,6 +106,7 @@ class DirectProducer:
         self._report = functools.partial(self._delivered, self._epoch)
         self._open: list[_Epoch] = []  # closed by a flush, not yet done
         # Delivery reports are served by poll() in this thread, and only here.
+        self._stopped = threading.Event()
         self._poller = threading.Thread(target=self._poll, name=client_id, daemon=True)
         self._poller.start()
 
@@ -157,10 +158,15 @@ class DirectProducer:
             self._raised = self.failed
             raise KafkaException(f"{self.failed} records were not written: not committing")
 
+    def close(self) -> None:
+        """Stop serving reports (tests; a worker's producers live as long as it does)."""
+        self._stopped.set()
+        self._poller.join()
+
     def _poll(self) -> None:
-        # A daemon thread for the process's life: what is sent is flushed before every
+        # A daemon thread for the worker's life: what is sent is flushed before every
         # commit, the last one at shutdown included.
-        while True:
+        while not self._stopped.is_set():
             self._producer.poll(0.1)
 
     def _delivered(self, epoch: _Epoch, err: KafkaError | None, msg: Any) -> None:

@@ -74,6 +74,7 @@ async def test_a_flush_waits_for_what_was_sent_before_it_while_sending_goes_on(
         await sender
     assert set(before) <= read_all(kafka_bootstrap, topic, len(before))
     await asyncio.wait_for(producer.flush(), timeout=30)  # the rest, once sending stops
+    producer.close()
 
 
 async def test_a_strict_producers_flush_fails_when_the_broker_refused_a_record(
@@ -88,3 +89,4 @@ async def test_a_strict_producers_flush_fails_when_the_broker_refused_a_record(
         await asyncio.wait_for(producer.flush(), timeout=60)
     producer.send(topic, b"k", b"fits again")
     await asyncio.wait_for(producer.flush(), timeout=30)  # counted once, not again
+    producer.close()
