@@ -59,9 +59,13 @@ class _Read:
 
 class DeliveryLane(Lane):
     prefetch_kb = 2 * 1024
+    remembers_done = True  # deliveries end out of order (streams/done_marks.py)
     read_max = 500  # at most this many deliveries started per read (in-flight headroom)
     park_after = 1.0
     """Seconds a record waits for its integration's backlog before it is parked."""
+    settle_on_revoke = 2.0
+    """Seconds a revocation waits for the deliveries on the wire (streams/pipeline.py
+    bounds the whole commit at revocation to 5 s)."""
 
     def __init__(
         self,
@@ -138,6 +142,14 @@ class DeliveryLane(Lane):
                 return
             except TimeoutError:
                 await self._commit()
+
+    async def commit_revoked(self) -> None:
+        """Deliveries on the wire when the partitions went are let finish first (up to
+        `settle_on_revoke` s), so that what they delivered is committed with the rest:
+        their new owner would send them, and every record after the oldest, again."""
+        if not self._assigned:  # `on_revoked` dropped what this lane held
+            await self.deliveries.settle(self.settle_on_revoke)
+        await super().commit_revoked()
 
     def _drop_all(self) -> None:
         self._waiting.clear()

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,7 +56,7 @@ from confluent_kafka import (  # type: ignore[import-untyped]
 from faust.types import TableT
 
 from schemas.models import DeadLetter
-from streams import metrics
+from streams import done_marks, metrics
 from streams.agents.router import RouteRules
 from streams.delivery import Reporter
 from streams.settings import Settings
@@ -79,6 +81,7 @@ class _Read:
     pending: dict[int, int] = field(default_factory=dict)  # offset -> buffers holding it
     next: int = 0  # the offset after the last one read
     committed: int = -1
+    committed_next: int = -1  # `next` when `committed` was (for the done marks)
 
     @property
     def position(self) -> int:
@@ -131,23 +134,71 @@ class LaneAcks:
         part = self._parts.get(tp)
         return None if part is None else part.position
 
-    def moved(self) -> dict[TopicPart, int]:
-        """Positions that changed since they were last committed."""
+    def moved(self, with_marks: bool = False) -> dict[TopicPart, int]:
+        """Positions that changed since they were last committed (`with_marks`: or
+        whose done marks did, i.e. more was read)."""
         return {
-            tp: part.position for tp, part in self._parts.items() if part.position != part.committed
+            tp: part.position
+            for tp, part in self._parts.items()
+            if part.position != part.committed
+            or (with_marks and part.next != part.committed_next and part.pending)
         }
 
-    def committed(self, positions: dict[TopicPart, int]) -> None:
+    def marks(self, tp: TopicPart) -> str:
+        """What past the position is done already (streams/done_marks.py)."""
+        part = self._parts[tp]
+        return done_marks.encode(part.position, part.next, part.pending)
+
+    def committed(
+        self, positions: dict[TopicPart, int], reads: dict[TopicPart, int] | None = None
+    ) -> None:
+        """These positions are committed (with marks up to `reads`, if given)."""
         for tp, position in positions.items():
             part = self._parts.get(tp)
-            if part is not None:
-                part.committed = max(part.committed, position)
+            if part is not None and position >= part.committed:
+                part.committed = position
+                if reads is not None:
+                    part.committed_next = reads[tp]
+
+    def read_to(self, tp: TopicPart) -> int:
+        return self._parts[tp].next
 
     def last_committed(self) -> dict[TopicPart, int]:
         return {tp: part.committed for tp, part in self._parts.items()}
 
     def waiting(self) -> int:
         return sum(len(p.pending) for p in self._parts.values())
+
+
+async def _in_daemon_thread(fn: Callable[[], Any], name: str) -> Any:
+    """`fn` in a thread of its own, beside the lane's reading thread (librdkafka's
+    consumer may commit in one thread while it is read in another). A daemon thread: a
+    commit stuck on a broker that went away must not keep the process from exiting
+    (an executor's threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+            loop.call_soon_threadsafe(_settle_future, future, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
+
+
+def _settle_future(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -176,6 +227,9 @@ class Lane:
     name = "lane"
     prefetch_kb = PREFETCH_KB
     read_max = READ_MAX
+    remembers_done = False
+    """Commit which records past the position are done, and skip them when read again
+    (streams/done_marks.py): for lanes whose records end out of order."""
 
     def __init__(
         self,
@@ -196,11 +250,8 @@ class Lane:
         self._flushes = tuple(flushes)
         self._failed: list[tuple[Any, str, str]] = []  # to dead-letter: record, reason, stage
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
-        # Commits run beside reading (`_commit_soon`), their librdkafka call in a thread
-        # of its own: librdkafka's consumer may commit in one thread while it is read in
-        # another.
-        self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name} commit")
         self._committing: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()  # one commit at a time
         self._consumer: Any = None
         self._assigned: frozenset[TopicPart] = frozenset()
         self._wanted: frozenset[TopicPart] | None = None
@@ -208,6 +259,7 @@ class Lane:
         self._earlier: dict[TopicPart, int] = {}  # earlier versions' positions at start-up
         self._last_commit = time.monotonic()
         self._reread = False  # a record of ours was refused: read again from the commit
+        self._marks: dict[TopicPart, done_marks.DoneMarks] = {}  # skipped when read
 
     # -- to override ---------------------------------------------------------------------
 
@@ -237,10 +289,20 @@ class Lane:
             self._wanted = wanted
             self._changed.set()
 
+    def on_stopping(self) -> None:
+        """The worker stops: like a revocation of everything (then `commit_revoked`),
+        while the worker is still in faust's group, so that the next owner starts
+        after what this one did."""
+        if self._assigned:
+            self._wanted = frozenset()
+            self._assigned = frozenset()
+            self._drop_all()
+            self._changed.set()
+
     def on_revoked(self, revoked: Iterable[Any]) -> None:
         """Stop reading revoked partitions at once (what is held for them is dropped:
-        the new owner re-reads them). Nothing is awaited here, inside faust's rebalance:
-        the run loop commits what was done before it reads anything again (`_apply`)."""
+        the new owner re-reads them). What was done is committed by `commit_revoked`
+        next, and the run loop commits again before it reads anything (`_apply`)."""
         gone = self._mirrored(revoked)
         if not gone & self._assigned:
             return
@@ -284,7 +346,6 @@ class Lane:
         if self._consumer is not None:
             await self._call(self._consumer.close)
         self._pool.shutdown(wait=False)
-        self._commit_pool.shutdown(wait=False)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -301,9 +362,12 @@ class Lane:
         return messages
 
     def _take(self, messages: list[Any]) -> None:
+        marks = self._marks
         for msg in messages:
             if msg.error() is not None:
                 log.warning("%s: read error: %s", self.name, msg.error())
+                continue
+            if marks and self._done_before(marks, msg):
                 continue
             try:
                 self._take_one(msg)
@@ -312,6 +376,21 @@ class Lane:
                 self.acks.read((msg.topic(), msg.partition()), msg.offset(), 0)
                 reason = f"internal error in the {self.name}: {type(exc).__name__}"
                 self._dead_letter(msg, reason, "route")
+
+    def _done_before(self, marks: dict[TopicPart, done_marks.DoneMarks], msg: Any) -> bool:
+        """Done before the last commit (its marks say so): read, not taken again."""
+        tp = (msg.topic(), msg.partition())
+        mark = marks.get(tp)
+        if mark is None:
+            return False
+        offset = msg.offset()
+        if offset >= mark.read_to:
+            del marks[tp]
+            return False
+        if not mark.done(offset):
+            return False
+        self.acks.read(tp, offset, 0)
+        return True
 
     def _dead_letter(self, msg: Any, reason: str, stage: str) -> None:
         """Dead-letter this record (sent before the next commit)."""
@@ -370,11 +449,12 @@ class Lane:
     async def _read_again(self) -> None:
         """Back to the last commit: something read since then may not have reached
         the broker (`_commit`)."""
-        await self._commit_settled()
-        self._reread = False
-        starts = self.acks.last_committed()
-        self._drop_all()
-        await self._assign(starts)
+        async with self._commit_lock:  # not beside a commit under way
+            self._reread = False
+            self._marks = {}  # (those of the last commit are not kept: all is read)
+            starts = self.acks.last_committed()
+            self._drop_all()
+            await self._assign(starts)
         log.warning("%s: reading again from %s", self.name, starts)
 
     def _starts(self, wanted: frozenset[TopicPart]) -> dict[TopicPart, int]:
@@ -382,10 +462,22 @@ class Lane:
         tps = [TopicPartition(t, p) for t, p in sorted(wanted)]
         starts = {}
         fresh = []
+        self._marks = {}
         for tp in self._consumer.committed(tps, timeout=30):
             where = (tp.topic, tp.partition)
             if tp.offset >= 0:
                 starts[where] = tp.offset
+                mark = done_marks.decode(tp.offset, tp.metadata) if self.remembers_done else None
+                if mark is not None and mark.skipped:
+                    self._marks[where] = mark
+                    log.info(
+                        "%s: %s[%d]: %d records past %d were done before the last commit",
+                        self.name,
+                        tp.topic,
+                        tp.partition,
+                        mark.skipped,
+                        tp.offset,
+                    )
                 continue
             start = self._earlier.get(where)
             if start is None:
@@ -426,25 +518,34 @@ class Lane:
         under load, which held the lane's reading up for as long (bench/analysis.md)."""
         if self._committing is None or self._committing.done():
             self._last_commit = time.monotonic()
-            self._committing = asyncio.create_task(self._commit_now())
+            self._committing = asyncio.create_task(self._commit())
             self._committing.add_done_callback(_log_failure)
-
-    async def _commit_settled(self) -> None:
-        """Until the commit started by `_commit_soon`, if any, has ended."""
-        task = self._committing
-        if task is not None and not task.done():
-            await asyncio.wait([task])
 
     async def _commit(self) -> None:
         """Commit now, after any commit already under way."""
-        await self._commit_settled()
-        self._last_commit = time.monotonic()
-        await self._commit_now()
+        async with self._commit_lock:
+            self._last_commit = time.monotonic()
+            await self._commit_now()
+
+    async def commit_revoked(self) -> None:
+        """After `on_revoked`, inside faust's rebalance (the pipeline bounds the wait):
+        commit what was done with the partitions before their new owner reads them.
+        Left to the next `_apply`, it came after the new owner had started from the
+        previous commit, which re-delivered about one commit interval's alerts."""
+        await self._commit()
 
     async def _commit_now(self) -> None:
-        positions = self.acks.moved()
+        acks = self.acks
+        positions = acks.moved(self.remembers_done)
         if not positions or self._consumer is None:
             return
+        reads = {tp: acks.read_to(tp) for tp in positions}
+        if self.remembers_done:
+            offsets = [
+                TopicPartition(t, p, o, acks.marks((t, p))) for (t, p), o in positions.items()
+            ]
+        else:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         # What the alerts below these positions made (delivery, status, DLQ records)
         # goes out before the positions. (Records sent after this point need not: the
         # flushes wait for what was sent before them.)
@@ -455,17 +556,15 @@ class Lane:
             log.error("%s: %s; reading again from the last commit", self.name, exc)
             self._reread = True
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(
-                self._commit_pool,
+            await _in_daemon_thread(
                 lambda: self._consumer.commit(offsets=offsets, asynchronous=False),
+                f"{self.name} commit",
             )
         except KafkaException as exc:
             log.warning("%s: commit failed (will retry): %s", self.name, exc)
             return
-        self.acks.committed(positions)
+        acks.committed(positions, reads)
 
     def _config(self) -> dict[str, Any]:
         settings = self.settings

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from streams.app import create_app
 from streams.batch_lane import BatchLane
 from streams.delivery_lane import DeliveryLane
 from streams.direct_producer import DirectProducer
+from streams.lane import Lane
 from streams.reporter import KafkaReporter
 from streams.routing_lane import RoutingLane
 from streams.settings import Settings
@@ -32,6 +35,8 @@ from streams.topics import Topics
 __all__ = ["Pipeline", "build_pipeline"]
 
 log = logging.getLogger(__name__)
+
+REVOKED_COMMIT_SECONDS = 5.0
 
 
 @dataclass
@@ -124,7 +129,31 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
                 lane.on_revoked(revoked)
             except Exception:  # faust would crash the worker on an exception here
                 log.exception("%s: handling revoked partitions failed", lane.name)
+        await _commit_revoked(lanes)
+
+    @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
+    async def _stopping(_app: Any, **_kw: Any) -> None:
+        # Before faust leaves the group (and the partitions move): as at a revocation.
+        for lane in lanes:
+            lane.on_stopping()
+        await _commit_revoked(lanes)
 
     register_views(app, table)
     register_api(app, table, IntegrationService(table, topics, box, sinks, health), partitions)
     return Pipeline(app=app, topics=topics, table=table, sinks=sinks, box=box)
+
+
+async def _commit_revoked(lanes: Sequence[Lane]) -> None:
+    """What the lanes did with the partitions they gave up is committed before the
+    rebalance goes on (their new owner starts there), within a bound: a broker that
+    does not answer must not hold the rebalance up; the lanes commit again before
+    reading anything."""
+    commits = asyncio.gather(*(lane.commit_revoked() for lane in lanes), return_exceptions=True)
+    try:
+        results = await asyncio.wait_for(commits, REVOKED_COMMIT_SECONDS)
+    except TimeoutError:
+        log.warning("the lanes' commit at revocation took over %s s", REVOKED_COMMIT_SECONDS)
+        return
+    for lane, result in zip(lanes, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("%s: commit at revocation failed: %s", lane.name, result)

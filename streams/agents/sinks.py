@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -152,8 +153,10 @@ class PerAlertDeliveries:
 
     On `drop` of partitions (revoked, or read again from the last commit), the
     deliveries that have not started their request yet are cancelled: the records are
-    read again. A request already on the wire finishes and reports; only its `done` is
-    not called.
+    read again. A request already on the wire finishes, reports and is `done`: a lane
+    committing at revocation waits for them (`settle`) so that their new owner does not
+    send them again (the lane's acks ignore a `done` that comes after its next
+    assignment).
     """
 
     def __init__(
@@ -282,6 +285,13 @@ class PerAlertDeliveries:
         if not job.revoked:
             job.done()
 
+    async def settle(self, within: float) -> None:
+        """Until every delivery under way has ended, at most `within` seconds."""
+        deadline = time.monotonic() + within
+        while self._jobs and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ended(), left)
+
     def drop(self, tps: Iterable[TopicPart] | None = None) -> None:
         """Forget the records of these partitions (all when None): cancel their
         deliveries that have not sent anything yet; the others finish without `done`."""
@@ -290,15 +300,15 @@ class PerAlertDeliveries:
         for task, job in list(self._jobs.items()):
             if job.revoked or (mine is not None and job.tp not in mine):
                 continue
-            job.revoked = True
             if job.flight.waiting:
+                job.revoked = True
                 task.cancel()
                 cancelled += 1
             else:
                 finishing += 1
         if cancelled or finishing:
             log.info(
-                "%s: cancelled %d deliveries not yet sent, %d on the wire finish without an ack",
+                "%s: cancelled %d deliveries not yet sent; %d on the wire finish",
                 self.kind,
                 cancelled,
                 finishing,

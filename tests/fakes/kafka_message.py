@@ -1,12 +1,12 @@
-"""What confluent-kafka's Message offers the lanes (streams/lane.py); an alert's JSON and
-a config table entry to feed them."""
+"""What confluent-kafka's Message and Consumer offer the lanes (streams/lane.py); an
+alert's JSON and a config table entry to feed them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from confluent_kafka import TIMESTAMP_CREATE_TIME
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TopicPartition
 
 STAMP_MS = 1_790_000_000_123
 
@@ -43,6 +43,26 @@ class Msg:
 
     def timestamp(self) -> tuple[int, int]:
         return TIMESTAMP_CREATE_TIME, STAMP_MS
+
+
+class FakeConsumer:
+    """The calls `Lane` makes on confluent-kafka's Consumer."""
+
+    def __init__(self, batches: list[list[Any]] | None = None) -> None:
+        self.commits: list[list[TopicPartition]] = []
+        self.assigned: list[list[TopicPartition]] = []
+        self.reads: list[tuple[int, float]] = []
+        self.batches = batches or []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(offsets)
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.assigned.append(tps)
+
+    def consume(self, n: int, timeout: float) -> list[Any]:
+        self.reads.append((n, timeout))
+        return self.batches.pop(0) if self.batches else []
 
 
 def alert_json(n: int, tenant: str) -> bytes:

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from streams.agents.router import ONLY_HEADER, SOURCE_HEADER, RouteRules, tenant_partition
 from streams.routing_lane import RoutingLane
 from streams.settings import Settings
-from tests.fakes.kafka_message import STAMP_MS, Msg, alert_json, table_entry
+from tests.fakes.kafka_message import STAMP_MS, FakeConsumer, Msg, alert_json, table_entry
 from tests.fakes.reporter import Recorder
 
 PARTITIONS = 4
@@ -33,26 +33,6 @@ class Outbox:
     async def flush(self) -> None:
         if self.refuse:
             raise KafkaException("1 records were not written: not committing")
-
-
-class Consumer:
-    """The calls `Lane` makes on confluent-kafka's Consumer."""
-
-    def __init__(self, batches: list[list[Any]] | None = None) -> None:
-        self.commits: list[list[TopicPartition]] = []
-        self.assigned: list[list[TopicPartition]] = []
-        self.reads: list[tuple[int, float]] = []
-        self.batches = batches or []
-
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        self.commits.append(offsets)
-
-    def assign(self, tps: list[TopicPartition]) -> None:
-        self.assigned.append(tps)
-
-    def consume(self, n: int, timeout: float) -> list[Any]:
-        self.reads.append((n, timeout))
-        return self.batches.pop(0) if self.batches else []
 
 
 def alert(n: int, tenant: str = TENANT) -> bytes:
@@ -155,7 +135,7 @@ def test_alerts_of_unknown_tenants_or_matching_nothing_write_nothing() -> None:
 
 async def test_a_refused_record_keeps_the_commit_back_and_the_lane_reads_again() -> None:
     lane, outbox, _ = routing_lane()
-    lane._consumer = consumer = Consumer()
+    lane._consumer = consumer = FakeConsumer()
     lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
     outbox.refuse = True
     await lane._commit()
@@ -191,7 +171,7 @@ def test_a_read_takes_what_is_there_and_waits_only_for_a_first_record(
 ) -> None:
     lane, _, _ = routing_lane()
     records = [r for batch in batches for r in batch]
-    lane._consumer = consumer = Consumer(batches)
+    lane._consumer = consumer = FakeConsumer(batches)
     assert lane._read() == records
     assert consumer.reads == expected
 
@@ -255,7 +235,7 @@ async def test_a_commit_runs_beside_reading_and_commits_what_was_done_when_it_be
     import asyncio
 
     lane, outbox, _ = routing_lane()
-    lane._consumer = consumer = Consumer()
+    lane._consumer = consumer = FakeConsumer()
     release = asyncio.Event()
     flushing: list[int] = []
 
@@ -279,3 +259,15 @@ async def test_a_commit_runs_beside_reading_and_commits_what_was_done_when_it_be
     assert [(tp.partition, tp.offset) for tp in first if tp.topic == "alerts"] == [(HOME, 2)]
     assert [(tp.partition, tp.offset) for tp in then if tp.topic == "alerts"] == [(HOME, 3)]
     assert len(outbox.sent) == 6
+
+
+async def test_what_was_routed_is_committed_at_revocation_before_the_new_owner_reads() -> None:
+    lane, _, _ = routing_lane()
+    lane._consumer = consumer = FakeConsumer()
+    home = SETTINGS.configs_by_tenant_topic
+    lane._assigned = frozenset({("alerts", HOME)})
+    lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
+    lane.on_revoked([TopicPartition(home, HOME)])
+    await lane.commit_revoked()  # awaited inside faust's rebalance (streams/pipeline.py)
+    [offsets] = consumer.commits
+    assert ("alerts", HOME, 2) in {(tp.topic, tp.partition, tp.offset) for tp in offsets}
