@@ -46,9 +46,9 @@ def worker() -> None:
     Configured by environment variables (README: Configuration); the broker is
     KAFKA_BOOTSTRAP_SERVERS.
     """
-    from streams.malloc import limit_arenas
+    from streams.malloc import tune_malloc
 
-    limit_arenas()  # before any thread starts (streams/malloc.py)
+    tune_malloc()  # before any thread starts (streams/malloc.py)
 
     import faust
 
