@@ -26,12 +26,13 @@ from pydantic import SecretStr
 
 from schemas.models import IntegrationConfig
 from sinks.base import Batch, BatchingSink
-from sinks.gcs.client import GCSWriter
 from sinks.gcs.config import GCSSettings, service_account_info
 from sinks.objectstore import Codec, get_codec, object_key
 from sinks.objectstore.exactly_once import ExactlyOnceObjects, KeyFor
+from sinks.objectstore.vendor import client_module
 
 if TYPE_CHECKING:
+    from sinks.gcs.client import GCSWriter
     from sinks.registry import SinkContext
 
 __all__ = ["GCSSink", "key_secrets"]
@@ -68,15 +69,20 @@ class GCSSink(BatchingSink[GCSSettings]):
     def secrets(self, settings: GCSSettings) -> list[str]:
         return [*super().secrets(settings), *key_secrets(settings.service_account_json)]
 
-    def _writer(self, settings: GCSSettings) -> GCSWriter:
+    async def _writer(self, settings: GCSSettings) -> GCSWriter:
         text = settings.service_account_json.get_secret_value()
         ident = "\x00".join([hashlib.sha256(text.encode()).hexdigest(), settings.bucket])
         writer = self._writers.get(ident)
         if writer is None:
-            writer = self._writers[ident] = GCSWriter(
-                info=service_account_info(settings.service_account_json),
-                bucket=settings.bucket,
-                secrets=self.secrets(settings),
+            # Another write may have made it meanwhile: the first one made is kept.
+            client = await client_module("sinks.gcs.client")
+            writer = self._writers.setdefault(
+                ident,
+                client.GCSWriter(
+                    info=service_account_info(settings.service_account_json),
+                    bucket=settings.bucket,
+                    secrets=self.secrets(settings),
+                ),
             )
         return writer
 
@@ -99,10 +105,11 @@ class GCSSink(BatchingSink[GCSSettings]):
     async def write(self, batch: Batch, settings: GCSSettings) -> int | None:
         codec = get_codec(settings.compression, zstd_level=settings.zstd_level)
         key_for = self._key_for(batch, settings, codec)
-        return await self._once.write(self._writer(settings), batch, codec, key_for)
+        return await self._once.write(await self._writer(settings), batch, codec, key_for)
 
     async def check(self, integration: IntegrationConfig, settings: GCSSettings) -> str:
-        return await self._writer(settings).check(prefix=settings.prefix)
+        writer = await self._writer(settings)
+        return await writer.check(prefix=settings.prefix)
 
     async def aclose(self) -> None:
         writers, self._writers = list(self._writers.values()), {}

@@ -21,11 +21,12 @@ from schemas.models import IntegrationConfig
 from sinks.base import Batch, BatchingSink
 from sinks.objectstore import Codec, get_codec, object_key
 from sinks.objectstore.exactly_once import ExactlyOnceObjects, encode_batch
-from sinks.s3.client import S3Writer
+from sinks.objectstore.vendor import client_module
 from sinks.s3.config import S3Settings
 
 if TYPE_CHECKING:
     from sinks.registry import SinkContext
+    from sinks.s3.client import S3Writer
 
 __all__ = ["S3Sink", "encode_batch"]  # encode_batch re-exported for callers
 
@@ -39,7 +40,7 @@ class S3Sink(BatchingSink[S3Settings]):
         self._writers: dict[str, S3Writer] = {}
         self._once = ExactlyOnceObjects()
 
-    def _writer(self, settings: S3Settings) -> S3Writer:
+    async def _writer(self, settings: S3Settings) -> S3Writer:
         secret = settings.secret_access_key.get_secret_value()
         ident = "\x00".join(
             [
@@ -51,11 +52,16 @@ class S3Sink(BatchingSink[S3Settings]):
         )
         writer = self._writers.get(ident)
         if writer is None:
-            writer = self._writers[ident] = S3Writer(
-                access_key_id=settings.access_key_id,
-                secret_access_key=secret,
-                region=settings.region,
-                bucket=settings.bucket,
+            # Another write may have made it meanwhile: the first one made is kept.
+            client = await client_module("sinks.s3.client")
+            writer = self._writers.setdefault(
+                ident,
+                client.S3Writer(
+                    access_key_id=settings.access_key_id,
+                    secret_access_key=secret,
+                    region=settings.region,
+                    bucket=settings.bucket,
+                ),
             )
         return writer
 
@@ -77,7 +83,8 @@ class S3Sink(BatchingSink[S3Settings]):
         def key_for(first_offset: int) -> str:
             return self._key(batch, settings, first_offset, codec)
 
-        return await self._once.write(self._writer(settings), batch, codec, key_for)
+        return await self._once.write(await self._writer(settings), batch, codec, key_for)
 
     async def check(self, integration: IntegrationConfig, settings: S3Settings) -> str:
-        return await self._writer(settings).check(prefix=settings.prefix)
+        writer = await self._writer(settings)
+        return await writer.check(prefix=settings.prefix)
