@@ -17,7 +17,6 @@ was only buffered, and the sinks' object naming turns the re-write into a no-op
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,8 +36,6 @@ from streams.lane import Lane, produced_at
 from streams.settings import Settings
 
 __all__ = ["BatchLane"]
-
-log = logging.getLogger(__name__)
 
 _RESULTS = ("routed", "no_match", "unknown_tenant", "invalid")
 
@@ -76,6 +73,10 @@ class BatchLane(Lane):
         self._results: dict[str, int] = {}
         self._counts: dict[str, int] = {}
         self._read_any = False
+        # Looked up once per read (the config table cannot change within one `_take`):
+        # a tenant's entries, and a config's writer and model (by the config's id).
+        self._entries: dict[str, Any] = {}
+        self._targets: dict[int, tuple[BatchWriter, IntegrationConfig] | None] = {}
 
     def _take(self, messages: list[Any]) -> None:
         if messages:
@@ -84,6 +85,8 @@ class BatchLane(Lane):
                 metrics.LANE_FIRST_READ.set(time.time())
             metrics.LANE_READ.inc(len(messages))
         super()._take(messages)
+        self._entries.clear()
+        self._targets.clear()
         ready, self._ready = self._ready, {}
         for kind, batches in ready.items():
             self.writers[kind].spawn(batches)
@@ -124,10 +127,12 @@ class BatchLane(Lane):
         except DecodeError as exc:  # this lane's to dead-letter (streams/lane.py)
             acks.read(tp, offset, 0)
             self._count("invalid")
-            log.warning("undecodable alert at %s[%d]@%d: %s", topic, partition, offset, exc)
-            self._dead_letter(msg, str(exc), "decode")
+            self._undecodable(msg, exc)
             return
-        entries = self.table.get(tenant)
+        try:
+            entries = self._entries[tenant]
+        except KeyError:
+            entries = self._entries[tenant] = self.table.get(tenant)
         configs, redrive = (
             rules.select(topic, headers, entries, alert.event_type, alert.risk_level)
             if entries
@@ -137,14 +142,16 @@ class BatchLane(Lane):
             self._count("routed")
         else:
             self._count("no_match" if entries is not None else "unknown_tenant")
-        writers = self.writers
         targets = []
         src_topic, src_partition, src_offset = source
         for config in configs:
-            writer = writers.get(config["type"])
-            if writer is None:
+            try:
+                target = self._targets[id(config)]
+            except KeyError:
+                target = self._targets[id(config)] = self._target(config)
+            if target is None:
                 continue
-            integration = self._integration(config)
+            writer, integration = target
             key = (integration.key, partition, src_topic, src_partition)
             if not redrive and writer.batcher.holds(key, src_offset):
                 continue  # read again (a replay of what is written): not counted twice
@@ -172,6 +179,11 @@ class BatchLane(Lane):
 
     def _count(self, result: str) -> None:
         self._results[result] = self._results.get(result, 0) + 1
+
+    def _target(self, config: dict[str, Any]) -> tuple[BatchWriter, IntegrationConfig] | None:
+        """The writer and model of a batching integration's config (None: not batching)."""
+        writer = self.writers.get(config["type"])
+        return None if writer is None else (writer, self._integration(config))
 
     def _integration(self, config: dict[str, Any]) -> IntegrationConfig:
         """The config table's entry as a model, parsed once per version."""

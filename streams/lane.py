@@ -396,6 +396,11 @@ class Lane:
         """Dead-letter this record (sent before the next commit)."""
         self._failed.append((msg, reason, stage))
 
+    def _undecodable(self, msg: Any, exc: Exception) -> None:
+        """Dead-letter an alert that is not one, saying why (the lane counts it)."""
+        log.warning("undecodable alert at %s: %s", _where(msg), exc)
+        self._dead_letter(msg, str(exc), "decode")
+
     async def _dead_letter_failed(self) -> None:
         failed, self._failed = self._failed, []
         for msg, reason, stage in failed:
@@ -517,7 +522,6 @@ class Lane:
         waits for the broker twice (the flush, then the commit itself), ~100-300 ms
         under load, which held the lane's reading up for as long (bench/analysis.md)."""
         if self._committing is None or self._committing.done():
-            self._last_commit = time.monotonic()
             self._committing = asyncio.create_task(self._commit())
             self._committing.add_done_callback(_log_failure)
 

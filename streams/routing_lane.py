@@ -16,7 +16,6 @@ again, routed again: at least once). Reading, positions and commits: streams/lan
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
@@ -37,8 +36,6 @@ from streams.lane import Lane, produced_at
 from streams.settings import Settings
 
 __all__ = ["Outbox", "RoutingLane"]
-
-log = logging.getLogger(__name__)
 
 
 class Outbox(Protocol):
@@ -86,9 +83,13 @@ class RoutingLane(Lane):
         self._routed = {kind: metrics.ROUTED.labels(kind) for kind in per_alert_types}
         self._counts: dict[str, int] = {}  # deliveries routed per type in this read
         self._invalid_alerts = metrics.ALERTS.labels("invalid")
+        # A tenant's per-alert entries, looked up once per read (the config table cannot
+        # change within one `_take`); batching-only tenants' alerts stop at the lookup.
+        self._entries: dict[str, dict[str, Any]] = {}
 
     def _take(self, messages: list[Any]) -> None:
         super()._take(messages)
+        self._entries.clear()
         if self._counts:  # counted per read: a counter increment per alert costs ~1 µs
             for kind, n in self._counts.items():
                 self._routed[kind].inc(n)
@@ -130,15 +131,16 @@ class RoutingLane(Lane):
             return
         # From here on the batch lane validates every alert too, counts it and
         # dead-letters it if it is invalid: this lane validates only alerts it routes.
-        entries = self.table.get(tenant)
+        try:
+            entries = self._entries[tenant]
+        except KeyError:
+            entries = self._entries[tenant] = self._per_alert_entries(tenant)
         if not entries:
             return
         filters = filters_of(data)
         if filters is None:
             return
-        topics = self.delivery_topics
         configs, redrive = rules.select(topic, headers, entries, *filters)
-        configs = [c for c in configs if c["type"] in topics]  # others: the batch lane's
         if not configs:
             return
         try:
@@ -148,7 +150,7 @@ class RoutingLane(Lane):
         wire = alert.wire()
         produced, _ = produced_at(msg)
         now = time.time()
-        counts = self._counts
+        topics, counts = self.delivery_topics, self._counts
         for config in configs:
             kind = config["type"]
             self.outbox.send(
@@ -158,9 +160,16 @@ class RoutingLane(Lane):
             )
             counts[kind] = counts.get(kind, 0) + 1
 
+    def _per_alert_entries(self, tenant: str) -> dict[str, Any]:
+        """The tenant's entries of per-alert integrations (the others: the batch lane's)."""
+        entries = self.table.get(tenant) or {}
+        topics = self.delivery_topics
+        return {
+            name: entry
+            for name, entry in entries.items()
+            if entry["config"] is not None and entry["config"]["type"] in topics
+        }
+
     def _invalid(self, msg: Any, exc: DecodeError) -> None:
         self._invalid_alerts.inc()
-        log.warning(
-            "undecodable alert at %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc
-        )
-        self._dead_letter(msg, str(exc), "decode")
+        self._undecodable(msg, exc)

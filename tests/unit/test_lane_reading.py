@@ -83,6 +83,16 @@ async def test_alerts_not_on_their_tenant_partition_are_left_to_the_routing_lane
     assert lane_.acks.position(("alerts", other)) == 1
 
 
+async def test_configs_are_looked_up_once_per_read_and_again_in_the_next() -> None:
+    table: dict[str, Any] = {}
+    lane_, _, _ = lane(table)
+    lane_._take([Msg(0, alert(0), HOME)])  # an unknown tenant: nothing buffered
+    assert lane_.writers["s3"].batcher.memory == 0
+    table[TENANT] = {"lake": config("lake")}
+    lane_._take([Msg(1, alert(1), HOME)])
+    assert lane_.writers["s3"].batcher.memory > 0
+
+
 async def test_a_bug_on_one_record_dead_letters_it_and_the_lane_goes_on() -> None:
     broken = config("lake")
     del broken["config"]["version"]

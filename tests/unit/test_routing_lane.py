@@ -94,6 +94,16 @@ def test_an_alert_becomes_one_delivery_record_per_per_alert_integration() -> Non
     assert lane.acks.position(("alerts", HOME)) == 8  # committed after the flush
 
 
+def test_configs_are_looked_up_once_per_read_and_again_in_the_next() -> None:
+    table: dict[str, Any] = {TENANT: {"lake": config("lake", "s3")}}
+    lane, outbox, _ = routing_lane(table)
+    lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
+    assert outbox.sent == []  # batching only: the batch lane's
+    table[TENANT] = {**table[TENANT], "hook": config("hook", "webhook")}
+    lane._take([Msg(2, alert(2), HOME)])
+    assert [s["key"] for s in outbox.sent] == [f"{TENANT}/hook".encode()]
+
+
 def test_a_replayed_alert_goes_only_to_the_integration_it_names_with_its_origin() -> None:
     lane, outbox, _ = routing_lane()
     headers = [(SOURCE_HEADER, f"alerts/{HOME}/41".encode()), (ONLY_HEADER, b"chat")]
