@@ -218,6 +218,12 @@ class BatchingSink(Sink[S]):
     async def write(self, batch: Batch, settings: S) -> int | None:
         """Deliver the whole batch or raise; must be safe to repeat for the same batch."""
 
+    def prepare(self) -> None:
+        """Load what the first write needs (a client library) while the first batch
+        fills: called once, on the event loop, when the worker first reads an alert for
+        this type. An import there holds the loop ~0.1 s once; in a thread beside the
+        busy lanes it waited ~1 s for the GIL, delaying the first objects as long."""
+
 
 def test_delivery(integration: IntegrationConfig) -> Delivery:
     """A clearly labelled alert for Test connection, sent through the real delivery path."""

@@ -183,7 +183,10 @@ class BatchLane(Lane):
     def _target(self, config: dict[str, Any]) -> tuple[BatchWriter, IntegrationConfig] | None:
         """The writer and model of a batching integration's config (None: not batching)."""
         writer = self.writers.get(config["type"])
-        return None if writer is None else (writer, self._integration(config))
+        if writer is None:
+            return None
+        writer.prepare()
+        return writer, self._integration(config)
 
     def _integration(self, config: dict[str, Any]) -> IntegrationConfig:
         """The config table's entry as a model, parsed once per version."""

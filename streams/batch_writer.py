@@ -51,11 +51,21 @@ class BatchWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._prepared = False
 
     @property
     def held(self) -> int:
         """Estimated bytes of the records buffered or being written."""
         return self.batcher.memory + self._writing
+
+    def prepare(self) -> None:
+        """Once: the sink loads its client while the first batch fills."""
+        if not self._prepared:
+            self._prepared = True
+            try:
+                self.sink.prepare()
+            except Exception:  # its first write tries again, and says why
+                log.warning("%s: could not prepare its client", self.sink.type_name, exc_info=True)
 
     def spawn(self, ready: list[Pending]) -> None:
         for pending in ready:

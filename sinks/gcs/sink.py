@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
@@ -68,6 +69,9 @@ class GCSSink(BatchingSink[GCSSettings]):
 
     def secrets(self, settings: GCSSettings) -> list[str]:
         return [*super().secrets(settings), *key_secrets(settings.service_account_json)]
+
+    def prepare(self) -> None:
+        importlib.import_module("sinks.gcs.client")
 
     async def _writer(self, settings: GCSSettings) -> GCSWriter:
         text = settings.service_account_json.get_secret_value()

@@ -15,6 +15,7 @@ that straddles midnight may store the alerts of the old day's last batch again.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from typing import TYPE_CHECKING
 
 from schemas.models import IntegrationConfig
@@ -39,6 +40,9 @@ class S3Sink(BatchingSink[S3Settings]):
         self.limits = ctx.batch_limits
         self._writers: dict[str, S3Writer] = {}
         self._once = ExactlyOnceObjects()
+
+    def prepare(self) -> None:
+        importlib.import_module("sinks.s3.client")
 
     async def _writer(self, settings: S3Settings) -> S3Writer:
         secret = settings.secret_access_key.get_secret_value()

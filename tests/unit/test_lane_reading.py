@@ -34,6 +34,10 @@ class Lake(BatchingSink[Empty]):
 
     def __init__(self) -> None:
         self.written: list[list[str]] = []
+        self.prepared = 0
+
+    def prepare(self) -> None:
+        self.prepared += 1
 
     async def write(self, batch: Batch, settings: Empty) -> int | None:
         self.written.append([r.alert_id for r in batch.records])
@@ -91,6 +95,21 @@ async def test_configs_are_looked_up_once_per_read_and_again_in_the_next() -> No
     table[TENANT] = {"lake": config("lake")}
     lane_._take([Msg(1, alert(1), HOME)])
     assert lane_.writers["s3"].batcher.memory > 0
+
+
+async def test_the_sink_prepares_once_when_its_first_alert_is_read() -> None:
+    table: dict[str, Any] = {"other": {}}
+    lane_, sink, _ = lane(table)
+    elsewhere = tenant_partition("other", PARTITIONS)
+    lane_.acks.reset({("alerts", HOME): 0, ("alerts", elsewhere): 0})
+    lane_._take([Msg(0, alert(0, "other"), elsewhere)])
+    await asyncio.sleep(0)
+    assert sink.prepared == 0  # no S3 integration read yet
+    table[TENANT] = {"lake": config("lake")}
+    lane_._take([Msg(0, alert(0), HOME)])
+    lane_._take([Msg(1, alert(1), HOME), Msg(2, alert(2), HOME)])
+    await asyncio.sleep(0)
+    assert sink.prepared == 1
 
 
 async def test_a_bug_on_one_record_dead_letters_it_and_the_lane_goes_on() -> None:
