@@ -109,7 +109,7 @@ class BatchLane(Lane):
         acks, rules = self.acks, self.rules
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         tp = (topic, partition)
-        if acks.position(tp) is None:
+        if not acks.reading(tp):
             return  # not (or no longer) assigned
         headers = msg.headers()
         try:

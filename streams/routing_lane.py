@@ -98,7 +98,7 @@ class RoutingLane(Lane):
     def _take_one(self, msg: Any) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         tp = (topic, partition)
-        if self.acks.position(tp) is None:
+        if not self.acks.reading(tp):
             return  # not (or no longer) assigned
         # Done once read: what it makes is flushed before any commit (`Lane._commit`).
         self.acks.read(tp, offset, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from streams.lane import LaneAcks
 
 TP = ("alerts", 0)
@@ -63,3 +65,31 @@ def test_records_of_partitions_not_assigned_are_ignored() -> None:
     acks.reset({TP: 0})
     assert acks.read(("alerts", 3), 4, 1) is None
     assert acks.position(("alerts", 3)) is None
+    assert not acks.reading(("alerts", 3)) and acks.reading(TP)
+
+
+def test_position_follows_writes_in_any_order_across_many_reads() -> None:
+    acks = LaneAcks()
+    acks.reset({TP: 0})
+    rng = random.Random(7)
+    open_handles: dict[int, tuple[int, tuple[str, int], int]] = {}
+    for offset in range(5000):
+        handle = acks.read(TP, offset, rng.choice((0, 1, 1, 1)))
+        if handle is not None:
+            open_handles[offset] = handle
+        if open_handles and rng.random() < 0.6:  # a batch of some integration written
+            done = rng.choice(list(open_handles))
+            acks.done(open_handles.pop(done))
+        expected = min(open_handles, default=offset + 1)
+        assert acks.position(TP) == expected
+
+
+def test_a_position_never_runs_past_what_is_pending() -> None:
+    acks = LaneAcks()
+    acks.reset({TP: 10})
+    handle = acks.read(TP, 12, 1)
+    assert handle is not None and acks.position(TP) == 12
+    acks.done(handle)
+    assert acks.position(TP) == 13
+    acks.read(TP, 11, 1)  # out of order (not how a lane reads): still found
+    assert acks.position(TP) == 11
