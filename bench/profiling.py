@@ -57,7 +57,11 @@ def pyspy_path() -> str | None:
     return shutil.which("py-spy")
 
 
-def start(pid: int, output: Path, rate: int = 100) -> subprocess.Popen[bytes] | None:
+def start(
+    pid: int, output: Path, rate: int = 100, gil: bool = False
+) -> subprocess.Popen[bytes] | None:
+    """`gil`: keep only samples of the thread holding the GIL (py-spy `--gil`), i.e.
+    where the one interpreter's time goes when the worker is bound by it."""
     exe = pyspy_path()
     if exe is None:
         return None
@@ -77,6 +81,7 @@ def start(pid: int, output: Path, rate: int = 100) -> subprocess.Popen[bytes] | 
             "--nonblocking",
             "--threads",
             "--function",
+            *(["--gil"] if gil else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -232,14 +232,21 @@ def _run_line(run: dict[str, Any]) -> str:
     )
 
 
-def _profile_section(name: str, prof: dict[str, Any], run: dict[str, Any]) -> list[str]:
+def _profile_section(
+    name: str, prof: dict[str, Any], run: dict[str, Any], gil: bool = False
+) -> list[str]:
     if not prof:
         return []
+    busy = (
+        f"the GIL held {_fmt(100 * (prof.get('cpu_cores_sampled') or 0), 0)} % of the time"
+        if gil
+        else f"≈ {_fmt(prof.get('cpu_cores_sampled'), 2)} cores busy in the worker"
+    )
     lines = [
         f"#### {name}",
         "",
         f"{prof.get('samples', 0):,} samples at 100 Hz over {_fmt(prof.get('seconds'), 1)} s "
-        f"(≈ {_fmt(prof.get('cpu_cores_sampled'), 2)} cores busy in the worker); run: "
+        f"({busy}); run: "
         + _run_line(run)
         + f". Raw stacks: `bench/results/profiles/{prof.get('file')}`.",
         "",
@@ -674,6 +681,12 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
         ]
         out += _profile_section(
             "Batching to S3", profile.get("batching", {}), profile.get("batching_run", {})
+        )
+        out += _profile_section(
+            "Batching to S3, GIL holder only (full size, `py-spy --gil`)",
+            profile.get("batching_gil", {}),
+            profile.get("batching_gil_run", {}),
+            gil=True,
         )
         out += _profile_section(
             "Webhook fan-out", profile.get("fanout", {}), profile.get("fanout_run", {})

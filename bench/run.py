@@ -96,6 +96,9 @@ STALL_SECONDS = 30.0
 IDLE_SECONDS = 10.0
 SCALING_FRACTION = 0.5  # the 2-worker run is this share of the fan-out
 PROFILE_FRACTION = 0.25  # the profiled runs are this share of the measured ones
+# The GIL-holder profile of batching runs at full size: at a quarter the run is ~3 s
+# and a few hundred samples, too few to rank functions of ~1 % (bench/analysis.md).
+GIL_PROFILE_FRACTION = 1.0
 
 TARGETS = {
     "batching_alerts_per_second": 20_000,
@@ -574,7 +577,11 @@ def verify_objects(b: Bench, keys: list[str]) -> dict[str, Any]:
 
 
 def run_batching(
-    b: Bench, scale_factor: float = 1.0, profile_to: Path | None = None, name: str = "batching"
+    b: Bench,
+    scale_factor: float = 1.0,
+    profile_to: Path | None = None,
+    name: str = "batching",
+    gil: bool = False,
 ) -> dict[str, Any]:
     batch_events = max(50, round(BATCH_EVENTS * b.scale * scale_factor))
     per_tenant = 10 * batch_events
@@ -603,7 +610,7 @@ def run_batching(
     ready_at = time.time()
     sampler = RssSampler(worker.proc.pid).start()
     cpu = CpuWindow(b.pids([worker])).start()
-    spy = profiling.start(worker.proc.pid, profile_to) if profile_to else None
+    spy = profiling.start(worker.proc.pid, profile_to, gil=gil) if profile_to else None
     if spy is not None:
         b.spies.append(spy)
     counter = S3Counter(b, prefix)
@@ -1102,6 +1109,15 @@ def scenario_profile(b: Bench) -> dict[str, Any]:
     out["batching_run"] = {k: res.get(k) for k in ("alerts", "seconds", "alerts_per_second", "cpu")}
     if raw.exists():
         out["batching"] = profiling.summarise(raw, res.get("profile_seconds"))
+    raw = prof_dir / "batching-gil.txt"
+    res = run_batching(
+        b, GIL_PROFILE_FRACTION, profile_to=raw, name="profile-batching-gil", gil=True
+    )
+    out["batching_gil_run"] = {
+        k: res.get(k) for k in ("alerts", "seconds", "alerts_per_second", "cpu")
+    }
+    if raw.exists():
+        out["batching_gil"] = profiling.summarise(raw, res.get("profile_seconds"))
     raw = prof_dir / "fanout.txt"
     res = run_fanout(b, scale_factor=PROFILE_FRACTION, profile_to=raw, name="profile-fanout")
     out["fanout_run"] = {
