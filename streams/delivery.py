@@ -597,10 +597,10 @@ class BatchRunner:
                 metrics.record_attempt(kind, outcome.value, latency, count=len(batch.records))
                 now = time.time()
                 if err is None:
-                    observe = metrics.END_TO_END.labels(kind).observe
-                    for record in batch.records:
-                        if record.produced_at:
-                            observe(max(0.0, now - record.produced_at))
+                    metrics.observe_many(
+                        metrics.END_TO_END.labels(kind),
+                        (max(0.0, now - r.produced_at) for r in batch.records if r.produced_at),
+                    )
                 message = err.message if err else None
                 values = batch_status_values(batch, n, outcome, latency, status, message, now)
                 if isinstance(self.reporter, BatchReporter):

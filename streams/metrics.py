@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "REGISTRY",
     "REREAD",
     "ROUTED",
+    "observe_many",
     "record_attempt",
     "render",
 ]
@@ -114,6 +118,24 @@ CONFIGS = Gauge(
 def record_attempt(kind: str, outcome: str, seconds: float, count: int = 1) -> None:
     DELIVERIES.labels(kind, outcome).inc(count)
     DELIVERY_LATENCY.labels(kind).observe(seconds)
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """`histogram.observe` of many amounts (a batch's end-to-end times), each bucket and
+    the sum added to once: one `observe` per alert cost ~1.5 µs, ~3 % of batching.
+    Reaches into prometheus_client (`_upper_bounds`, `_buckets`, `_sum`, as `observe`
+    does); tests/unit/test_metrics.py holds it to `observe`'s result."""
+    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1  # the first bound >= amount; the last is +Inf
+        total += amount
+    histogram._sum.inc(total)
+    for bucket, n in zip(histogram._buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)
 
 
 def render() -> bytes:
