@@ -250,7 +250,7 @@ def _profile_section(
         + _run_line(run)
         + f". Raw stacks: `bench/results/profiles/{prof.get('file')}`.",
         "",
-        "| CPU share by leaf frame | % |",
+        f"| {'GIL time' if gil else 'CPU'} share by leaf frame | % |",
         "|---|---:|",
     ]
     lines += [f"| {c} | {p} |" for c, p in prof.get("by_category", [])]
@@ -258,7 +258,8 @@ def _profile_section(
     lines += [f"| {t} | {p} |" for t, p in prof.get("by_thread", [])]
     lines += [
         "",
-        "Top functions by self time (where the CPU is, C extensions included in their caller):",
+        f"Top functions by self time (where the {'GIL' if gil else 'CPU'} is, C extensions "
+        "included in their caller):",
         "",
         "| % | function (file) |",
         "|---:|---|",
