@@ -395,6 +395,16 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
             f"| scaling: fan-out with 2 workers vs 1 (same machine) | (note) | "
             f"{_fmt(two_rate)}/s vs {_fmt(fps)}/s = {two_rate / fps:.2f}× | – |"
         )
+    two_b = scaling.get("batching_two_workers", {}) or {}
+    two_b_rate, one_b_rate = two_b.get("alerts_per_second"), batching.get("alerts_per_second")
+    if two_b_rate and one_b_rate:
+        ratio_b = two_b_rate / base["alerts_per_second"] if base.get("alerts_per_second") else None
+        out.append(
+            f"| scaling: batching with 2 workers vs 1 (same machine) | (note) | "
+            f"{_fmt(two_b_rate)}/s vs {_fmt(one_b_rate)}/s = {two_b_rate / one_b_rate:.2f}×"
+            + (f" ({ratio_b:.2f} × the one-process baseline)" if ratio_b else "")
+            + " | – |"
+        )
     out.append("")
     for name, data in (
         ("batching", batching),
@@ -639,6 +649,17 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
             f"{_fmt(two.get('deliveries_per_second'))}/s overall "
             f"({_fmt(two.get('unique_received'))} received, {_fmt(two.get('duplicates'))} "
             f"duplicates) against {_fmt(fps)}/s with one. CPU: {_cpu_line(two.get('cpu'))}.",
+            "",
+        ]
+    two_b = scaling.get("batching_two_workers", {}) or {}
+    if two_b and not two_b.get("error") and two_b.get("alerts_per_second"):
+        out += [
+            f"- The batching scenario again ({_fmt(two_b.get('alerts'))} alerts, 8 tenants, "
+            "S3 with zstd) with two worker processes started together: "
+            f"**{_fmt(two_b.get('alerts_per_second'))} alerts/s** against "
+            f"{_fmt(batching.get('alerts_per_second'))}/s with one "
+            f"({_fmt(two_b.get('stored_alerts'))} stored). "
+            f"CPU: {_cpu_line(two_b.get('cpu'))}.",
             "",
         ]
     clients_path = results / "http_clients.json"

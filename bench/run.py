@@ -582,6 +582,7 @@ def run_batching(
     profile_to: Path | None = None,
     name: str = "batching",
     gil: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     batch_events = max(50, round(BATCH_EVENTS * b.scale * scale_factor))
     per_tenant = 10 * batch_events
@@ -596,7 +597,7 @@ def run_batching(
     }
     say(
         f"[{name}] {total} alerts, {BATCH_TENANTS} tenants x 1 S3 integration (zstd), "
-        f"{batch_events} alerts per object"
+        f"{batch_events} alerts per object, {workers} worker(s)"
     )
     b.load_configs(topics, [s3_config(t, prefix) for t in tenants], env, name)
     loaded = preload(b.bootstrap, topics.alerts, alert_stream(tenants, per_tenant, topics.prefix))
@@ -605,11 +606,12 @@ def run_batching(
         f"{loaded['seconds']:.1f} s"
     )
 
-    [worker] = b.start_measured(topics, env, name)
+    started = b.start_measured(topics, env, name, count=workers)
+    worker = started[0]  # RSS and profiles: the first worker
     assert worker.proc is not None
     ready_at = time.time()
     sampler = RssSampler(worker.proc.pid).start()
-    cpu = CpuWindow(b.pids([worker])).start()
+    cpu = CpuWindow(b.pids(started)).start()
     spy = profiling.start(worker.proc.pid, profile_to, gil=gil) if profile_to else None
     if spy is not None:
         b.spies.append(spy)
@@ -620,7 +622,8 @@ def run_batching(
     last_report = time.monotonic()
     last_change = time.monotonic()
     while stored < total and time.monotonic() < deadline:
-        _check_alive(worker)
+        for w in started:
+            _check_alive(w)
         with contextlib.suppress(Exception):
             now_stored = counter.poll()
             if now_stored != stored:
@@ -639,14 +642,17 @@ def run_batching(
         profile_seconds = time.time() - ready_at
         profiling.stop(spy)
         b.spies.remove(spy)
-    metrics = worker_metrics(worker)
+    each = [worker_metrics(w) for w in started]
+    metrics = each[0]
     time.sleep(1.5)  # one more commit interval
     offsets = kafka_diagnostics(b, topics)
-    b.stop_worker(worker)
+    for w in started:
+        b.stop_worker(w)
     mem = sampler.stop()
 
     # Alerts for S3 take the batch lane (streams/lane.py): it stamps its first read.
-    t_first = metrics.get("alertrelay_batch_lane_first_read_timestamp_seconds") or None
+    firsts = [m.get("alertrelay_batch_lane_first_read_timestamp_seconds") for m in each]
+    t_first = min((t for t in firsts if t), default=None)
     delivered = topic_timestamps(b.bootstrap, topics.status, want=lambda v: b'"delivered"' in v)
     t_last = max(delivered) if delivered else None
     keys = sorted(counter.counts)
@@ -655,6 +661,7 @@ def run_batching(
     check = verify_objects(b, keys) if not profile_to else {}
     result: dict[str, Any] = {
         "alerts": total,
+        "workers": workers,
         "tenants": BATCH_TENANTS,
         "batch_events": batch_events,
         "preload": loaded,
@@ -693,7 +700,7 @@ def run_batching(
         )
     else:
         say(f"  alertrelay: incomplete ({stored} / {total} stored)")
-    if profile_to is None:
+    if profile_to is None and workers == 1:
         result["baseline"] = run_baseline(b, topics.alerts, total, batch_events, topics.prefix)
         base = result["baseline"]
         if base.get("alerts_per_second") and result["alerts_per_second"]:
@@ -881,6 +888,8 @@ def scenario_scaling(b: Bench) -> dict[str, Any]:
     # Half the fan-out's size keeps a full run near 15 minutes; steady rates compare.
     two = run_fanout(b, workers=2, scale_factor=SCALING_FRACTION, name="scaling-2w")
     out: dict[str, Any] = {"two_workers": two}
+    # Batching at full size: one worker is bound by its one interpreter (bench/analysis.md).
+    out["batching_two_workers"] = run_batching(b, workers=2, name="scaling-batching-2w")
     one = b.results / "fanout.json"
     if one.exists():
         data = json.loads(one.read_text())
