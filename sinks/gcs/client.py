@@ -31,6 +31,7 @@ from google.oauth2 import service_account
 
 from sinks.errors import DeliveryError, PermanentError, RetryableError
 from sinks.http import Redactor
+from sinks.objectstore.exactly_once import Body, body_bytes
 from sinks.objectstore.naming import safe_component
 
 __all__ = ["EMULATOR_ENV", "GCSWriter"]
@@ -79,7 +80,7 @@ class GCSWriter:
     async def put_if_absent(
         self,
         key: str,
-        body: bytes,
+        body: Body,
         *,
         content_type: str,
         content_encoding: str | None,
@@ -147,18 +148,19 @@ class GCSWriter:
     def _put_if_absent_sync(
         self,
         key: str,
-        body: bytes,
+        body: Body,
         content_type: str,
         content_encoding: str | None,
         metadata: dict[str, str],
     ) -> bool:
+        data = body_bytes(body)
         blob = self._get_client().bucket(self.bucket).blob(key)
         blob.metadata = dict(metadata)
         if content_encoding:
             blob.content_encoding = content_encoding
         try:
             blob.upload_from_string(
-                body,
+                data,
                 content_type=content_type,
                 if_generation_match=0,
                 retry=None,

@@ -37,6 +37,7 @@ from botocore.exceptions import (
 )
 
 from sinks.errors import DeliveryError, PermanentError, RetryableError
+from sinks.objectstore.exactly_once import Body, body_bytes
 from sinks.objectstore.naming import safe_component
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class S3Writer:
     async def put_if_absent(
         self,
         key: str,
-        body: bytes,
+        body: Body,
         *,
         content_type: str,
         content_encoding: str | None,
@@ -193,7 +194,7 @@ class S3Writer:
     def _put_if_absent_sync(
         self,
         key: str,
-        body: bytes,
+        body: Body,
         content_type: str,
         content_encoding: str | None,
         metadata: dict[str, str],
@@ -202,7 +203,7 @@ class S3Writer:
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
-            "Body": body,
+            "Body": body_bytes(body),
             "ContentType": content_type,
             "Metadata": metadata,
             "IfNoneMatch": "*",

@@ -217,6 +217,27 @@ async def test_compressed_bodies_round_trip(bucket: str, codec_name: str) -> Non
 
 
 @pytest.mark.integration
+async def test_a_body_to_make_is_made_in_the_writers_thread(bucket: str) -> None:
+    made_in: list[threading.Thread] = []
+
+    def body() -> bytes:
+        made_in.append(threading.current_thread())
+        return b'{"n":1}\n'
+
+    writer = _writer(bucket)
+    created = await writer.put_if_absent(
+        "made/later.jsonl",
+        body,
+        content_type=JSONL_CONTENT_TYPE,
+        content_encoding=None,
+        metadata={},
+    )
+    assert created and made_in and made_in[0] is not threading.main_thread()
+    got = _admin("s3").get_object(Bucket=bucket, Key="made/later.jsonl")
+    assert got["Body"].read() == b'{"n":1}\n'
+
+
+@pytest.mark.integration
 async def test_check_succeeds_and_leaves_nothing_behind(bucket: str) -> None:
     writer = _writer(bucket)
     detail = await writer.check()
