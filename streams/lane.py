@@ -74,6 +74,11 @@ PREFETCH_KB = 8 * 1024  # what librdkafka may hold fetched ahead of us (per lane
 # Once that is full, librdkafka waits this long before fetching the partition again
 # (its default, 1 000 ms, capped a lane at ~8 MB/s: 11 000 alerts/s; bench/analysis.md).
 FETCH_QUEUE_BACKOFF_MS = 10
+# A commit that waits longer than this for the producers' flush or for the broker's
+# answer is given up (logged; the positions stay where they were and the next commit
+# tries again): a lane whose commit hangs must not stop reading (`_apply` commits
+# before it takes a new assignment).
+COMMIT_GIVE_UP_SECONDS = 30.0
 
 
 @dataclass
@@ -573,19 +578,37 @@ class Lane:
         # goes out before the positions. (Records sent after this point need not: the
         # flushes wait for what was sent before them.)
         try:
-            for flush in self._flushes:
-                await flush()
+            async with asyncio.timeout(COMMIT_GIVE_UP_SECONDS):
+                for flush in self._flushes:
+                    await flush()
         except KafkaException as exc:
             log.error("%s: %s; reading again from the last commit", self.name, exc)
             self._reread = True
             return
+        except TimeoutError:
+            log.warning(
+                "%s: the producers did not flush within %.0f s; not committing yet",
+                self.name,
+                COMMIT_GIVE_UP_SECONDS,
+            )
+            return
         try:
-            await _in_daemon_thread(
-                lambda: self._consumer.commit(offsets=offsets, asynchronous=False),
-                f"{self.name} commit",
+            await asyncio.wait_for(
+                _in_daemon_thread(
+                    lambda: self._consumer.commit(offsets=offsets, asynchronous=False),
+                    f"{self.name} commit",
+                ),
+                COMMIT_GIVE_UP_SECONDS,
             )
         except KafkaException as exc:
             log.warning("%s: commit failed (will retry): %s", self.name, exc)
+            return
+        except TimeoutError:
+            log.warning(
+                "%s: no answer to the commit within %.0f s (will retry)",
+                self.name,
+                COMMIT_GIVE_UP_SECONDS,
+            )
             return
         acks.committed(positions, reads)
 

@@ -4,12 +4,15 @@ keeps its commit back and makes it read again."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
 
+from streams import lane as lane_module
 from streams.agents.router import ONLY_HEADER, SOURCE_HEADER, RouteRules, tenant_partition
 from streams.routing_lane import RoutingLane
 from streams.settings import Settings
@@ -158,6 +161,38 @@ async def test_a_refused_record_keeps_the_commit_back_and_the_lane_reads_again()
     outbox.refuse = False
     lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
     await lane._commit()
+    [offsets] = consumer.commits
+    assert ("alerts", HOME, 2) in {(tp.topic, tp.partition, tp.offset) for tp in offsets}
+
+
+@pytest.mark.parametrize("hangs", ["flush", "commit"])
+async def test_a_commit_that_hangs_is_given_up_and_the_next_one_commits(
+    hangs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lane_module, "COMMIT_GIVE_UP_SECONDS", 0.2)
+    lane, outbox, _ = routing_lane()
+    lane._consumer = consumer = FakeConsumer()
+    released = threading.Event()
+    answered = consumer.commit
+
+    async def hanging_flush() -> None:
+        await asyncio.sleep(3600)
+
+    def hanging_commit(offsets: list[TopicPartition], asynchronous: bool) -> None:
+        released.wait(5)
+
+    if hangs == "flush":
+        monkeypatch.setattr(outbox, "flush", hanging_flush)
+        lane._flushes = (outbox.flush,)
+    else:
+        monkeypatch.setattr(consumer, "commit", hanging_commit)
+    lane._take([Msg(0, alert(0), HOME), Msg(1, alert(1), HOME)])
+    await asyncio.wait_for(lane._commit(), 2)  # given up: the lane is not held
+    assert consumer.commits == [] and lane.acks.last_committed()[("alerts", HOME)] == 0
+    released.set()
+    lane._flushes = (Outbox().flush,)
+    monkeypatch.setattr(consumer, "commit", answered)
+    await lane._commit()  # the positions were kept: the next commit takes them
     [offsets] = consumer.commits
     assert ("alerts", HOME, 2) in {(tp.topic, tp.partition, tp.offset) for tp in offsets}
 
