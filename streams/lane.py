@@ -79,6 +79,10 @@ FETCH_QUEUE_BACKOFF_MS = 10
 # tries again): a lane whose commit hangs must not stop reading (`_apply` commits
 # before it takes a new assignment).
 COMMIT_GIVE_UP_SECONDS = 30.0
+# A lane that has not taken a new assignment this long after it came says so, and what
+# it is waiting for: a stall after a rebalance shows in the log, not only as alerts
+# that stop arriving.
+SLOW_ASSIGNMENT_SECONDS = 20.0
 
 
 @dataclass
@@ -284,6 +288,8 @@ class Lane:
         self._last_commit = time.monotonic()
         self._reread = False  # a record of ours was refused: read again from the commit
         self._marks: dict[TopicPart, done_marks.DoneMarks] = {}  # skipped when read
+        self._phase = "starting"  # what the run loop awaits (for the slow-assignment log)
+        self._wanted_since: float | None = None
 
     # -- to override ---------------------------------------------------------------------
 
@@ -310,18 +316,16 @@ class Lane:
         """The rebalance is complete and the config table recovered: read these."""
         wanted = frozenset(self._mirrored(assignment))
         if wanted != self._assigned or self._wanted is not None:
-            self._wanted = wanted
-            self._changed.set()
+            self._want(wanted)
 
     def on_stopping(self) -> None:
         """The worker stops: like a revocation of everything (then `commit_revoked`),
         while the worker is still in faust's group, so that the next owner starts
         after what this one did."""
         if self._assigned:
-            self._wanted = frozenset()
+            self._want(frozenset())
             self._assigned = frozenset()
             self._drop_all()
-            self._changed.set()
 
     def on_revoked(self, revoked: Iterable[Any]) -> None:
         """Stop reading revoked partitions at once (what is held for them is dropped:
@@ -330,9 +334,14 @@ class Lane:
         gone = self._mirrored(revoked)
         if not gone & self._assigned:
             return
-        self._wanted = self._assigned - gone
+        self._want(self._assigned - gone)
         self._assigned = frozenset()  # nothing read from now on is taken
         self._drop_all()
+
+    def _want(self, wanted: frozenset[TopicPart]) -> None:
+        self._wanted = wanted
+        if self._wanted_since is None:
+            self._wanted_since = time.monotonic()
         self._changed.set()
 
     # -- the task ------------------------------------------------------------------------
@@ -340,27 +349,47 @@ class Lane:
     async def run(self) -> None:
         self._consumer = await self._call(Consumer, self._config(), logger=log)
         self._earlier = await self._call(self._earlier_positions)
+        watch = asyncio.create_task(self._watch_assignment())
         try:
             while True:
                 if self._reread:
+                    self._phase = "reading again from the last commit"
                     await self._read_again()
                 if self._wanted is not None:
                     await self._apply(self._wanted)
                 if not self._assigned:
+                    self._phase = "waiting for partitions"
                     self._changed.clear()
                     await self._changed.wait()
                     continue
                 epoch = self.acks.epoch
+                self._phase = "reading"
                 messages = await self._call(self._read)
                 if epoch == self.acks.epoch and self._wanted is None:
                     self._take(messages)
+                    self._phase = "dead-lettering"
                     await self._dead_letter_failed()
+                self._phase = "after a read"
                 await self._after_read()
                 if time.monotonic() - self._last_commit >= self.settings.commit_interval:
                     self._commit_soon()
+                self._phase = "waiting to read on"
                 await self._before_next_read()
         finally:
+            watch.cancel()
             await asyncio.shield(self._close())
+
+    async def _watch_assignment(self) -> None:
+        while True:
+            await asyncio.sleep(SLOW_ASSIGNMENT_SECONDS / 2)
+            since = self._wanted_since
+            if since is not None and time.monotonic() - since >= SLOW_ASSIGNMENT_SECONDS:
+                log.warning(
+                    "%s has not taken its new partitions after %.0f s: %s",
+                    self.name,
+                    time.monotonic() - since,
+                    self._phase,
+                )
 
     async def _close(self) -> None:
         try:
@@ -446,15 +475,20 @@ class Lane:
 
     async def _apply(self, wanted: frozenset[TopicPart]) -> None:
         self._wanted = None
+        self._phase = "committing before it takes the new partitions"
         await self._commit()
         self._drop_all()
         if not wanted:
+            self._phase = "unassigning"
             await self._call(self._consumer.unassign)
             self._assigned = frozenset()
             self.acks.reset({})
+            self._wanted_since = None
             return
         try:
+            self._phase = "asking where to start"
             starts = await self._call(self._starts, wanted)
+            self._phase = "assigning"
             await self._assign(starts)
         except KafkaException as exc:
             log.warning("%s: cannot take partitions yet (%s); trying again", self.name, exc)
@@ -463,6 +497,8 @@ class Lane:
                 self._wanted = wanted
             return
         self._assigned = wanted
+        if self._wanted is None:
+            self._wanted_since = None
         log.info(
             "%s reads %s",
             self.name,

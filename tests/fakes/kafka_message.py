@@ -60,6 +60,12 @@ class FakeConsumer:
     def assign(self, tps: list[TopicPartition]) -> None:
         self.assigned.append(tps)
 
+    def unassign(self) -> None:
+        self.assigned.append([])
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
+
     def consume(self, n: int, timeout: float) -> list[Any]:
         self.reads.append((n, timeout))
         return self.batches.pop(0) if self.batches else []

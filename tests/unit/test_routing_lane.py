@@ -197,6 +197,29 @@ async def test_a_commit_that_hangs_is_given_up_and_the_next_one_commits(
     assert ("alerts", HOME, 2) in {(tp.topic, tp.partition, tp.offset) for tp in offsets}
 
 
+async def test_a_lane_that_does_not_take_its_new_partitions_says_what_it_waits_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(lane_module, "SLOW_ASSIGNMENT_SECONDS", 0.1)
+    lane, _, _ = routing_lane()
+    lane.on_assigned([TopicPartition(SETTINGS.configs_by_tenant_topic, 1)])
+    lane._phase = "committing before it takes the new partitions"
+    watch = asyncio.create_task(lane._watch_assignment())
+    await asyncio.sleep(0.25)
+    assert any(
+        "routing lane has not taken its new partitions" in r.getMessage()
+        and "committing before it takes the new partitions" in r.getMessage()
+        for r in caplog.records
+    )
+    lane._consumer = FakeConsumer()
+    await lane._apply(frozenset({("alerts", 1)}))  # taken: no more warnings
+    assert lane._wanted_since is None
+    caplog.clear()
+    await asyncio.sleep(0.15)
+    watch.cancel()
+    assert not caplog.records
+
+
 def test_the_lane_reads_the_alerts_partitions_of_the_config_partitions_it_holds() -> None:
     lane, _, _ = routing_lane()
     home = SETTINGS.configs_by_tenant_topic
