@@ -288,6 +288,7 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
     profile = _load(results, "profile")
     base = batching.get("baseline", {}) or {}
     two = scaling.get("two_workers", {}) or {}
+    two_b = scaling.get("batching_two_workers", {}) or {}
     scale = machine and batching.get("scale", 1.0)
     rel = "bench/results" if results == RESULTS else str(results.relative_to(REPO_ROOT))
 
@@ -395,7 +396,6 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
             f"| scaling: fan-out with 2 workers vs 1 (same machine) | (note) | "
             f"{_fmt(two_rate)}/s vs {_fmt(fps)}/s = {two_rate / fps:.2f}× | – |"
         )
-    two_b = scaling.get("batching_two_workers", {}) or {}
     two_b_rate, one_b_rate = two_b.get("alerts_per_second"), batching.get("alerts_per_second")
     if two_b_rate and one_b_rate:
         ratio_b = two_b_rate / base["alerts_per_second"] if base.get("alerts_per_second") else None
@@ -651,7 +651,6 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
             f"duplicates) against {_fmt(fps)}/s with one. CPU: {_cpu_line(two.get('cpu'))}.",
             "",
         ]
-    two_b = scaling.get("batching_two_workers", {}) or {}
     if two_b and not two_b.get("error") and two_b.get("alerts_per_second"):
         out += [
             f"- The batching scenario again ({_fmt(two_b.get('alerts'))} alerts, 8 tenants, "

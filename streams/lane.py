@@ -483,7 +483,7 @@ class Lane:
             await self._call(self._consumer.unassign)
             self._assigned = frozenset()
             self.acks.reset({})
-            self._wanted_since = None
+            self._taken()
             return
         try:
             self._phase = "asking where to start"
@@ -497,13 +497,17 @@ class Lane:
                 self._wanted = wanted
             return
         self._assigned = wanted
-        if self._wanted is None:
-            self._wanted_since = None
+        self._taken()
         log.info(
             "%s reads %s",
             self.name,
             ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(starts.items())),
         )
+
+    def _taken(self) -> None:
+        """The wanted assignment is in place (unless another came meanwhile)."""
+        if self._wanted is None:
+            self._wanted_since = None
 
     async def _assign(self, starts: dict[TopicPart, int]) -> None:
         await self._call(
@@ -629,13 +633,11 @@ class Lane:
             )
             return
         try:
-            await asyncio.wait_for(
-                _in_daemon_thread(
+            async with asyncio.timeout(COMMIT_GIVE_UP_SECONDS):
+                await _in_daemon_thread(
                     lambda: self._consumer.commit(offsets=offsets, asynchronous=False),
                     f"{self.name} commit",
-                ),
-                COMMIT_GIVE_UP_SECONDS,
-            )
+                )
         except KafkaException as exc:
             log.warning("%s: commit failed (will retry): %s", self.name, exc)
             return
