@@ -54,6 +54,7 @@ def worker() -> None:
 
     from sinks.registry import available_types
     from sinks.secretbox import SecretBox, SecretBoxError
+    from streams.gc_tuning import tune_gc
     from streams.pipeline import build_pipeline
     from streams.topics import prepare_topics
 
@@ -71,6 +72,7 @@ def worker() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     partitions = prepare_topics(settings, available_types())
     pipeline = build_pipeline(settings, partitions, box)
+    tune_gc()  # what is built now lives as long as the process (streams/gc_tuning.py)
     click.echo(
         f"alertrelay worker: broker {settings.bootstrap_servers}, {partitions} partitions, "
         f"sinks {', '.join(sorted(pipeline.sinks))}, http://{settings.web_host}:"

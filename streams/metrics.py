@@ -18,6 +18,7 @@ __all__ = [
     "DLQ",
     "END_TO_END",
     "FETCH_STALLS",
+    "GC_PAUSE",
     "LANE_FIRST_READ",
     "LANE_READ",
     "REGISTRY",
@@ -106,6 +107,14 @@ LANE_READ = Counter(
 LANE_FIRST_READ = Gauge(
     "alertrelay_batch_lane_first_read_timestamp_seconds",
     "When the batch lane of this process first read a record (unix time; 0 = not yet)",
+    registry=REGISTRY,
+)
+GC_PAUSE = Histogram(
+    "alertrelay_gc_pause_seconds",
+    "Collections of Python's cyclic garbage collector, by generation: each stops the "
+    "whole process for its duration (streams/gc_tuning.py)",
+    ["generation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
     registry=REGISTRY,
 )
 CONFIGS = Gauge(
