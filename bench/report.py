@@ -60,6 +60,22 @@ def _attempt_ms(data: dict[str, Any]) -> str:
     return f"{1000 * total / count:.0f}"
 
 
+def _gc_line(data: dict[str, Any]) -> str:
+    """The worker's garbage collections in the run (streams/gc_tuning.py)."""
+    metrics = data.get("worker_metrics") or {}
+    if isinstance(metrics, list):
+        metrics = metrics[0] if metrics else {}
+    name = "alertrelay_gc_pause_seconds"
+    count = sum(v for k, v in metrics.items() if k.startswith(f"{name}_count"))
+    total = sum(v for k, v in metrics.items() if k.startswith(f"{name}_sum"))
+    if not count:
+        return "n/a"
+    return (
+        f"{_fmt(count)} collections, {_fmt(total, 2)} s in all "
+        f"(mean pause {_fmt(1000 * total / count, 1)} ms)"
+    )
+
+
 def _pcts(d: dict[str, Any] | None) -> str:
     if not d:
         return "n/a"
@@ -510,7 +526,9 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
             f"({_fmt((batching.get('raw_jsonl_bytes') or 0) / 1e6, 1)} MB JSON lines).",
             f"- Result: {_fmt(batching.get('seconds'), 1)} s → **{_fmt(bps)} alerts/s**, "
             f"{_fmt(batching.get('mb_per_second_uploaded'), 2)} MB/s uploaded. CPU: "
-            f"{_cpu_line(batching.get('cpu'))}.",
+            f"{_cpu_line(batching.get('cpu'))}. Python's garbage collector "
+            f"(`alertrelay_gc_pause_seconds`, the worker stopped meanwhile): "
+            f"{_gc_line(batching)}.",
             f"- Baseline (`bench/baseline.py`, same topic, same {_fmt(base.get('batch_events'))} "
             "alerts per object, zstd level 3, `put_object` with `IfNoneMatch`, "
             f"{base.get('threads', '?')} upload threads): {_fmt(base.get('seconds'), 2)} s → "
@@ -555,7 +573,8 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
             f"{_cpu_line(fanout.get('cpu'))}.",
             f"- Mean delivery attempt as the worker times it "
             f"(`alertrelay_delivery_attempt_seconds`, gate and connection-pool waits "
-            f"included): {_attempt_ms(fanout)} ms, against the receiver's 20 ms.",
+            f"included): {_attempt_ms(fanout)} ms, against the receiver's 20 ms. Python's "
+            f"garbage collector: {_gc_line(fanout)}.",
             "",
         ]
     if latency and not latency.get("error"):

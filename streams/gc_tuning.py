@@ -11,8 +11,9 @@ finds a few thousand cycles a run, asyncio's), so collecting seldom costs little
 
 `tune_gc` is called once the worker is built, before it starts: it freezes what exists
 then (modules, the app: never garbage, left out of every later collection) and makes
-young collections rare. Measured in the same run: ~0.15 s in collections, none over
-25 ms (bench/analysis.md). `alertrelay_gc_pause_seconds` shows the pauses in production.
+young collections rare. Measured in the same run: 0.3-0.45 s in ~65 collections,
+~6 ms each on average (bench/analysis.md; a threshold of 50 000 took less time in all
+but paused ~30 ms at a time). `alertrelay_gc_pause_seconds` shows the pauses in production.
 """
 
 from __future__ import annotations
