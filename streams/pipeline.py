@@ -26,6 +26,7 @@ from streams.batch_lane import BatchLane
 from streams.delivery_lane import DeliveryLane
 from streams.direct_producer import DirectProducer
 from streams.lane import Lane
+from streams.recovery_watch import watch_recovery
 from streams.reporter import KafkaReporter
 from streams.routing_lane import RoutingLane
 from streams.settings import Settings
@@ -96,6 +97,7 @@ def build_pipeline(settings: Settings, partitions: int, box: SecretBox) -> Pipel
     )
     for lane in lanes:
         app.task(lane.run)
+    app.task(watch_recovery)  # says why, if faust's table recovery stalls
 
     @app.on_rebalance_complete.connect  # type: ignore[untyped-decorator]
     async def _rebalanced(_app: Any, **_kw: Any) -> None:
