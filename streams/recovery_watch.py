@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["RECOVERY_STALL_SECONDS", "describe_waiting", "watch_recovery"]
+__all__ = ["RECOVERY_STALL_SECONDS", "describe_fetcher", "describe_waiting", "watch_recovery"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,28 @@ def describe_waiting(app: Any) -> list[str]:
             continue
         lines.append(f"{tp.topic}[{tp.partition}] at {offset} of {highwater}: {_where(app, tp)}")
     return lines
+
+
+def describe_fetcher(app: Any) -> str:
+    """aiokafka's background fetch task: where it waits and what it has under way."""
+    try:
+        fetcher = app.consumer._thread._consumer._fetcher
+        task = fetcher._fetch_task
+        if task.done():
+            return f"fetch task ended ({task!r})"
+        stack = task.get_stack()
+        where = f"{stack[-1].f_code.co_name}:{stack[-1].f_lineno}" if stack else "?"
+        pending = [t for t in fetcher._pending_tasks if not t.done()]
+        waits = []
+        for t in pending:
+            frames = t.get_stack()
+            waits.append(f"{frames[-1].f_code.co_name}:{frames[-1].f_lineno}" if frames else "?")
+        return (
+            f"fetch task at {where}, {len(pending)} request task(s) under way "
+            f"({', '.join(waits) or 'none'}), nodes in flight {sorted(fetcher._in_flight)}"
+        )
+    except Exception as exc:  # diagnostics only: the internals may differ
+        return f"fetcher state unknown ({type(exc).__name__})"
 
 
 def _where(app: Any, tp: Any) -> str:
@@ -77,7 +99,8 @@ async def watch_recovery(app: Any, every: float = 5.0) -> None:
             except Exception as exc:  # diagnostics must not stop the worker
                 waiting = [f"(cannot say: {type(exc).__name__}: {exc})"]
             log.warning(
-                "table recovery has waited %.0f s for: %s",
+                "table recovery has waited %.0f s for: %s; aiokafka's %s",
                 time.monotonic() - since,
                 "; ".join(waiting) or "(nothing left to read)",
+                describe_fetcher(app),
             )

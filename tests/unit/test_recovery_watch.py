@@ -11,7 +11,7 @@ import pytest
 from faust.types import TP
 
 from streams import recovery_watch
-from streams.recovery_watch import describe_waiting, watch_recovery
+from streams.recovery_watch import describe_fetcher, describe_waiting, watch_recovery
 
 BEHIND = TP("app-configs-changelog", 0)
 DONE = TP("app-configs-changelog", 2)
@@ -72,3 +72,34 @@ def test_it_warns_once_and_only_during_a_long_recovery(
         assert "app-configs-changelog[0] at -1 of 1" in warned[0]
     else:
         assert warned == []
+
+
+def test_the_fetcher_is_described_by_where_its_tasks_wait() -> None:
+    async def routine(stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    async def request() -> None:
+        await asyncio.sleep(10)
+
+    async def describe() -> str:
+        stop = asyncio.Event()
+        fetch_task = asyncio.create_task(routine(stop))
+        pending = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        fetcher = SimpleNamespace(_fetch_task=fetch_task, _pending_tasks={pending}, _in_flight={0})
+        app = SimpleNamespace(
+            consumer=SimpleNamespace(
+                _thread=SimpleNamespace(_consumer=SimpleNamespace(_fetcher=fetcher))
+            )
+        )
+        try:
+            return describe_fetcher(app)
+        finally:
+            stop.set()
+            pending.cancel()
+
+    line = asyncio.run(describe())
+    assert line.startswith("fetch task at routine:")
+    assert "1 request task(s) under way (request:" in line
+    assert line.endswith("nodes in flight [0]")
+    assert describe_fetcher(SimpleNamespace()) == "fetcher state unknown (AttributeError)"
