@@ -357,6 +357,10 @@ class Lane:
                     await self._read_again()
                 if self._wanted is not None:
                     await self._apply(self._wanted)
+                    # Looked at again: another assignment may have come while this one
+                    # was applied (a revocation, then the rebalance's new partitions),
+                    # and the wait below would clear its signal.
+                    continue
                 if not self._assigned:
                     self._phase = "waiting for partitions"
                     self._changed.clear()

@@ -70,6 +70,9 @@ class FakeConsumer:
         self.reads.append((n, timeout))
         return self.batches.pop(0) if self.batches else []
 
+    def close(self) -> None:
+        pass
+
 
 def alert_json(n: int, tenant: str) -> bytes:
     return orjson.dumps(

@@ -5,6 +5,7 @@ keeps its commit back and makes it read again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -218,6 +219,51 @@ async def test_a_lane_that_does_not_take_its_new_partitions_says_what_it_waits_f
     await asyncio.sleep(0.15)
     watch.cancel()
     assert not caplog.records
+
+
+async def test_partitions_assigned_while_a_revocation_is_applied_are_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revocation, then the rebalance's new partitions before the lane has let go of the
+    old ones: the lane takes the new ones (it used to wait for a signal it had cleared,
+    and never read again: the rebalance test's rare stall)."""
+    unassigning, let_go = threading.Event(), threading.Event()
+
+    class SlowToLetGo(FakeConsumer):
+        def unassign(self) -> None:
+            unassigning.set()
+            let_go.wait(5)
+            super().unassign()
+
+    consumer = SlowToLetGo()
+    monkeypatch.setattr(lane_module, "Consumer", lambda *a, **kw: consumer)
+    lane, _, _ = routing_lane()
+    monkeypatch.setattr(lane, "_earlier_positions", dict)
+    home = SETTINGS.configs_by_tenant_topic
+    run = asyncio.create_task(lane.run())
+
+    async def until(done: Any) -> None:
+        for _ in range(300):  # 3 s
+            if done():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not within 3 s")
+
+    try:
+        lane.on_assigned([TopicPartition(home, HOME)])
+        await until(lambda: ("alerts", HOME) in lane._assigned)
+        lane.on_revoked([TopicPartition(home, HOME)])
+        await until(unassigning.is_set)
+        lane.on_assigned([TopicPartition(home, 1)])  # while the lane still lets go
+        let_go.set()
+        await until(lambda: ("alerts", 1) in lane._assigned)
+        assert lane._wanted_since is None
+        assert ("alerts", 1) in {(tp.topic, tp.partition) for tp in consumer.assigned[-1]}
+    finally:
+        let_go.set()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
 
 
 def test_the_lane_reads_the_alerts_partitions_of_the_config_partitions_it_holds() -> None:
