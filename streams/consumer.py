@@ -29,6 +29,15 @@ fetch started just before a rebalance never returns, the read loop waits on it f
 faust's table recovery, which is fed by that loop, waits with it ("No event received for
 active tp ... since recovery start"): the worker stalls. A fetch that takes far longer than
 its own timeout is given up and the next one started (`_wait_next_records`).
+
+Changelog records get the same care in one case: faust's `getmany` drops what a fetch
+returns once the flow has stopped for a rebalance (or the generation changed), after
+aiokafka's position moved past it. When the new generation's recovery had already sought
+the partition (a worker that read it as a standby takes it over after another worker
+left), the records it waits for were the dropped ones: recovery waited for good (the
+rebalance test's stall, about 1 run in 40). Changelog records fetched but neither handed
+over nor skipped as read are read again, unless something positioned the partition since
+(`dropped_reads`, `_ConsumerThread.seek_back_unmoved`).
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from faust.types import TP
 
 from streams import metrics
 
-__all__ = ["GaplessConsumer", "ReadGuard", "Verdict"]
+__all__ = ["GaplessConsumer", "ReadGuard", "Verdict", "dropped_reads"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +133,28 @@ class ReadGuard:
         return self._refetched.pop(tp, None) == offset
 
 
+def dropped_reads(
+    fetched: Mapping[TP, tuple[int, int]],
+    taken: Mapping[TP, int],
+    active: Iterable[TP],
+) -> dict[TP, tuple[int, int]]:
+    """Changelog partitions of a fetched batch whose records were not all taken (handed
+    over, or skipped as read before): per partition, the fetch position right after the
+    batch and the first offset not taken, to read again from there.
+
+    `fetched` holds each partition's first and last offset in the batch, `taken` the last
+    offset taken per partition. Only partitions still `active` (assigned, not paused)
+    qualify: a paused one is read again when it is resumed."""
+    still = set(active)
+    dropped = {}
+    for tp, (first, last) in fetched.items():
+        got = taken.get(tp)
+        start = first if got is None else max(first, got + 1)
+        if start <= last and tp in still:
+            dropped[tp] = (last + 1, start)
+    return dropped
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -134,6 +165,29 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[mi
             # latency (BENCHMARKS.md). aiokafka reads this when it starts its fetcher.
             consumer._fetch_max_wait_ms = wait
         return consumer
+
+    async def seek_back_unmoved(self, moves: Mapping[TP, tuple[int, int]]) -> list[TP]:
+        """Per partition (position, offset): seek to `offset` if the fetch position is
+        still `position`, i.e. nothing (a rebalance's seek) moved it since the batch was
+        fetched. Returns the partitions moved."""
+        moved: list[TP] = await self.call_thread(
+            self._seek_back_unmoved, self._ensure_consumer(), moves
+        )
+        return moved
+
+    async def _seek_back_unmoved(
+        self, consumer: Any, moves: Mapping[TP, tuple[int, int]]
+    ) -> list[TP]:
+        moved = []
+        for tp, (position, offset) in moves.items():
+            try:
+                now = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except Exception:  # not assigned any more, or no position yet: leave it
+                continue
+            if now == position:
+                consumer.seek(tp, offset)
+                moved.append(tp)
+        return moved
 
 
 class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
@@ -150,11 +204,13 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.read_guard = ReadGuard()
         self._last_fetched: dict[TP, int] = {}  # per partition, of the batch being read
+        self._first_fetched: dict[TP, int] = {}
 
     async def _getmany(self, *args: Any, **kwargs: Any) -> Any:
         records = await super()._getmany(*args, **kwargs)
         for tp, batch in records.items():
             if batch:
+                self._first_fetched.setdefault(tp, batch[0].offset)
                 self._last_fetched[tp] = batch[-1].offset
         return records
 
@@ -236,6 +292,29 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 self.read_guard.reading_again(tp)
                 await self._refetch(tp, expected)
 
+    async def _reread_dropped_changelogs(
+        self, firsts: Mapping[TP, int], lasts: Mapping[TP, int], taken: Mapping[TP, int]
+    ) -> None:
+        """Changelog records fetched but dropped by faust's `getmany` (the flow stopped
+        for a rebalance, or a generation changed, while the fetch was under way) are read
+        again, unless something has positioned the partition since (module doc)."""
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        fetched = {
+            tp: (firsts.get(tp, last), last)
+            for tp, last in lasts.items()
+            if not acks_enabled_for(tp.topic)
+        }
+        if not fetched:
+            return
+        dropped = dropped_reads(fetched, taken, self._get_active_partitions())
+        if not dropped:
+            return
+        for tp in await self._thread.seek_back_unmoved(dropped):
+            offset = dropped[tp][1]
+            self._read_offset[tp] = offset if offset > 0 else None
+            metrics.REREAD.labels("recovered").inc()
+            log.info("%s-%d: reading again from %d (fetched, not handed over)", *tp, offset)
+
     # -- the read loop ----------------------------------------------------------------
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via tests
@@ -257,6 +336,7 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 await self.sleep(0)
                 if not self.should_stop:
                     skipping: set[TP] = set()  # re-read after a seek or a lost hand-over
+                    taken: dict[TP, int] = {}  # changelogs: last offset handed or skipped
                     async for tp, message in records:
                         since_yield += 1
                         if since_yield > _YIELD_EVERY:
@@ -269,6 +349,8 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                             # Changelogs (unacked) and compacted topics: faust's own rules.
                             last = read_offset[tp]
                             if last is not None and offset < last:
+                                if not acked:
+                                    taken[tp] = offset
                                 continue
                             if acked and last and offset - last > 1:
                                 await self._add_gap(tp, last + 1, offset)
@@ -294,6 +376,8 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                             await self.commit()
                         handing = callback(message)
                         result = await self.wait_first(handing, self.suspend_flow.wait())
+                        if not acked and handing in result.done:
+                            taken[tp] = offset
                         if self.app.consumer_generation_id != generation:
                             # A rebalance happened meanwhile: its seek to the committed
                             # offsets decides where reading goes on, not this record.
@@ -312,8 +396,10 @@ class GaplessConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                                 )
                         read_offset[tp] = offset
                     fetched, self._last_fetched = self._last_fetched, {}
+                    firsts, self._first_fetched = self._first_fetched, {}
                     if self.app.consumer_generation_id == generation:
                         await self._refetch_unhanded(fetched, skipping, sparse)
+                    await self._reread_dropped_changelogs(firsts, fetched, taken)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

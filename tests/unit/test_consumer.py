@@ -210,3 +210,51 @@ async def test_a_fetch_that_never_returns_is_given_up_and_the_next_one_starts(
     assert metrics.FETCH_STALLS._value.get() == stalls + 1
     assert await consumer._wait_next_records(0.01) == ({A: []}, {A})
     assert calls == ["fetch", "fetch"]
+
+
+# -- changelog records faust's getmany dropped ----------------------------------------------
+
+CHANGELOG = TP("app-configs-changelog", 0)
+OTHER = TP("app-health-changelog", 1)
+
+
+@pytest.mark.parametrize(
+    ("taken", "expected"),
+    [
+        ({}, {CHANGELOG: (2, 0)}),  # none handed over (the flow stopped): all again
+        ({CHANGELOG: 0}, {CHANGELOG: (2, 1)}),  # from the first one not handed over
+        ({CHANGELOG: 1}, {}),  # all taken
+    ],
+)
+def test_changelog_records_fetched_and_not_taken_are_read_again(
+    taken: dict[TP, int], expected: dict[TP, tuple[int, int]]
+) -> None:
+    """The rebalance test's stall: a worker's table recovery waited for good for records
+    aiokafka had fetched (position 2 = the end) and faust's getmany had dropped."""
+    assert consumer_module.dropped_reads({CHANGELOG: (0, 1)}, taken, {CHANGELOG}) == expected
+
+
+def test_paused_changelog_partitions_are_left_until_they_are_resumed() -> None:
+    assert consumer_module.dropped_reads({CHANGELOG: (0, 1)}, {}, {OTHER}) == {}
+
+
+async def test_a_partition_is_sought_back_only_if_nothing_positioned_it_since() -> None:
+    class Client:
+        sought: list[tuple[TP, int]] = []
+
+        async def position(self, tp: TP) -> int:
+            if tp == OTHER:
+                raise RuntimeError("not assigned")
+            return {CHANGELOG: 2, TP("moved", 0): 7}[tp]
+
+        def seek(self, tp: TP, offset: int) -> None:
+            self.sought.append((tp, offset))
+
+    client = Client()
+    moved = await consumer_module._ConsumerThread._seek_back_unmoved(
+        None,  # type: ignore[arg-type]
+        client,
+        {CHANGELOG: (2, 0), TP("moved", 0): (2, 0), OTHER: (2, 0)},
+    )
+    assert moved == [CHANGELOG]
+    assert client.sought == [(CHANGELOG, 0)]
