@@ -258,3 +258,27 @@ async def test_a_partition_is_sought_back_only_if_nothing_positioned_it_since() 
     )
     assert moved == [CHANGELOG]
     assert client.sought == [(CHANGELOG, 0)]
+
+
+async def test_only_changelog_records_are_sought_back_and_read_as_new(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path), 4)
+    consumer = app.consumer
+    changelog = TP(f"{app.conf.id}-configs-changelog", 0)
+    alerts = TP("alerts", 0)  # acked: the read guard's business, not this
+    app.topics._acking_topics.add(alerts.topic)
+    asked: list[dict[TP, tuple[int, int]]] = []
+
+    async def seek_back_unmoved(moves: dict[TP, tuple[int, int]]) -> list[TP]:
+        asked.append(dict(moves))
+        return list(moves)
+
+    consumer._thread.seek_back_unmoved = seek_back_unmoved
+    consumer._active_partitions = {changelog, alerts}
+    consumer._read_offset[changelog] = 7  # set by an earlier seek
+    before = metrics.REREAD.labels("recovered")._value.get()
+    await consumer._reread_dropped_changelogs(
+        {changelog: 0, alerts: 0}, {changelog: 1, alerts: 5}, {}
+    )
+    assert asked == [{changelog: (2, 0)}]
+    assert consumer._read_offset[changelog] is None  # offsets from 0 on are new again
+    assert metrics.REREAD.labels("recovered")._value.get() == before + 1
