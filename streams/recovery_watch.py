@@ -5,7 +5,10 @@ recovery after another worker left waits for good: faust logs "No event received
 active tp ... since recovery start" every 5 s and nothing else, the config table never
 completes, the lanes never get their partitions. faust's own log does not say which
 part is stuck (the fetch position, a pause, faust's read offset, the fetched buffer), so
-this logs each of them for the changelog partitions recovery still waits for.
+this logs each of them for the changelog partitions recovery still waits for, and where
+aiokafka's fetch task waits. It found the one cause seen so far (records faust's getmany
+dropped after aiokafka's position had moved past them: position at the end, nothing
+buffered), now read again by streams/consumer.py; it stays for any other.
 """
 
 from __future__ import annotations
