@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, SecretStr
 
+from schemas.fast_alert import FastAlert, fast_line
 from schemas.models import Alert, Delivery, IntegrationConfig
 from sinks.http import Redactor
 
@@ -111,7 +112,7 @@ def _shared_day(day: dt.date) -> dt.date:
     return _DAYS.setdefault(day, day)
 
 
-def _record_day(produced_at: float | None, alert: Alert) -> dt.date:
+def _record_day(produced_at: float | None, alert: Alert | FastAlert) -> dt.date:
     """The UTC date a record is filed under: its alert's Kafka timestamp, else (records
     routed before timestamps were carried) the alert's own detection time.
 
@@ -165,14 +166,16 @@ class BatchRecord:
     @classmethod
     def make(
         cls,
-        alert: Alert,
+        alert: Alert | FastAlert,
         idempotency_key: str,
         source_offset: int,
         produced_at: float | None,
         redrive: bool = False,
     ) -> BatchRecord:
         return cls(
-            line=_alert_line(alert, exclude_none=True),
+            line=fast_line(alert)
+            if isinstance(alert, FastAlert)
+            else _alert_line(alert, exclude_none=True),
             alert_id=alert.alert_id,
             idempotency_key=idempotency_key,
             source_offset=source_offset,

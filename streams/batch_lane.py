@@ -23,8 +23,9 @@ from typing import Any
 
 from faust.types import TableT
 
-from schemas.codec import DecodeError, parse_alert, tenant_of, validate_alert
-from schemas.models import IntegrationConfig, idempotency_key
+from schemas.codec import DecodeError, decode_alert
+from schemas.fast_alert import FastAlert, fast_alert, peek_tenant
+from schemas.models import Alert, IntegrationConfig, idempotency_key
 from sinks.base import BatchingSink, BatchRecord
 from sinks.secretbox import SecretBox
 from streams import metrics
@@ -111,24 +112,28 @@ class BatchLane(Lane):
         tp = (topic, partition)
         if not acks.reading(tp):
             return  # not (or no longer) assigned
-        headers = msg.headers()
-        try:
-            data = parse_alert(msg.value(), headers)
-            tenant = tenant_of(data)
-        except DecodeError:  # the routing lane dead-letters it
-            acks.read(tp, offset, 0)
-            return
+        headers, value = msg.headers(), msg.value()
+        alert: Alert | FastAlert | None = fast_alert(value, headers)
+        if alert is not None:
+            tenant = alert.tenant_id
+        else:
+            try:
+                tenant = peek_tenant(value, headers)
+            except DecodeError:  # the routing lane dead-letters it
+                acks.read(tp, offset, 0)
+                return
         source = rules.locate(topic, partition, offset, headers, tenant)
         if source is None:  # the routing lane sends it on to its tenant's partition
             acks.read(tp, offset, 0)
             return
-        try:
-            alert = validate_alert(data)
-        except DecodeError as exc:  # this lane's to dead-letter (streams/lane.py)
-            acks.read(tp, offset, 0)
-            self._count("invalid")
-            self._undecodable(msg, exc)
-            return
+        if alert is None:
+            try:
+                alert = decode_alert(value, headers)
+            except DecodeError as exc:  # this lane's to dead-letter (streams/lane.py)
+                acks.read(tp, offset, 0)
+                self._count("invalid")
+                self._undecodable(msg, exc)
+                return
         try:
             entries = self._entries[tenant]
         except KeyError:

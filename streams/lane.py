@@ -17,11 +17,12 @@ consumer group, so that neither can hold the other up:
 
 Who dead-letters what: every alert is read by both, so exactly one of them must
 dead-letter an invalid one, decided by the record alone (the config table may change
-between the two reads). The routing lane takes records that do not parse or carry no
-valid `tenant_id` (nobody can route them), and invalid alerts read on a partition their
-tenant's configs are not on (it would send them on to the detour topic); the batch lane
-validates every other alert, counts it (`alertrelay_alerts_consumed_total`) and
-dead-letters it if it is invalid. So the routing lane validates only what it routes.
+between the two reads). The routing lane takes records without a valid `tenant_id` at
+their top level (`schemas.fast_alert.peek_tenant`, which both lanes use: nobody can route
+them), and invalid alerts read on a partition their tenant's configs are not on (it
+would send them on to the detour topic); the batch lane decodes and validates every
+other alert, counts it (`alertrelay_alerts_consumed_total`) and dead-letters it if it is
+invalid. So the routing lane validates only what it routes.
 
 Which partitions: those of the alerts topics whose tenants' configs this worker holds,
 i.e. the partitions of `<app_id>-configs-by-tenant` that faust assigned to it, taken

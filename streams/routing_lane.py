@@ -5,7 +5,7 @@ It also sends an alert read on a partition its tenant's configs are not on (a pr
 with another partitioner) to the detour topic on the right partition, with its origin,
 and dead-letters what has no tenant to route by (streams/lane.py, "who dead-letters
 what"). It validates only the alerts it routes, so an alert for batching integrations
-only costs it a JSON parse. Batching integrations are the batch lane's
+only costs it a look at its tenant (`peek_tenant`). Batching integrations are the batch lane's
 (streams/batch_lane.py).
 
 Delivery and detour records go through a strict librdkafka producer and the DLQ through
@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from faust.types import TableT
 
-from schemas.codec import DecodeError, parse_alert, tenant_of, validate_alert
+from schemas.codec import DecodeError, decode_alert, parse_alert, validate_alert
+from schemas.fast_alert import peek_tenant
 from streams import metrics
 from streams.agents.router import (
     RouteRules,
@@ -104,8 +105,7 @@ class RoutingLane(Lane):
         self.acks.read(tp, offset, 0)
         headers, value = msg.headers(), msg.value()
         try:
-            data = parse_alert(value, headers)
-            tenant = tenant_of(data)
+            tenant = peek_tenant(value, headers)
         except DecodeError as exc:  # without a tenant no other lane can take it
             self._invalid(msg, exc)
             return
@@ -113,7 +113,7 @@ class RoutingLane(Lane):
         source = rules.locate(topic, partition, offset, headers, tenant)
         if source is None:
             try:  # dead-lettered where it was read, not where the detour takes it
-                validate_alert(data)
+                decode_alert(value, headers)
             except DecodeError as exc:
                 self._invalid(msg, exc)
                 return
@@ -136,6 +136,10 @@ class RoutingLane(Lane):
         except KeyError:
             entries = self._entries[tenant] = self._per_alert_entries(tenant)
         if not entries:
+            return
+        try:
+            data = parse_alert(value, headers)
+        except DecodeError:  # the batch lane dead-letters it
             return
         filters = filters_of(data)
         if filters is None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
+from schemas.codec import decode_alert
 from schemas.models import IntegrationConfig
-from sinks.base import Batch, BatchingSink, BatchLimits
+from sinks.base import Batch, BatchingSink, BatchLimits, BatchRecord
 from sinks.secretbox import SecretBox, generate_key_spec
 from streams.agents.router import RouteRules, tenant_partition
 from streams.batch_lane import BatchLane
@@ -34,6 +36,7 @@ class Lake(BatchingSink[Empty]):
 
     def __init__(self) -> None:
         self.written: list[list[str]] = []
+        self.lines: list[bytes] = []
         self.prepared = 0
 
     def prepare(self) -> None:
@@ -41,6 +44,7 @@ class Lake(BatchingSink[Empty]):
 
     async def write(self, batch: Batch, settings: Empty) -> int | None:
         self.written.append([r.alert_id for r in batch.records])
+        self.lines += [r.line for r in batch.records]
         return 200
 
     async def check(self, integration: IntegrationConfig, settings: Empty) -> str:
@@ -76,6 +80,20 @@ async def test_alerts_of_batching_integrations_are_buffered_and_committed_once_w
     await asyncio.sleep(0.05)  # the batch of two (max_events=2) is written
     assert sink.written == [["a-0", "a-2"]]
     assert lane_.acks.position(("alerts", HOME)) == 3
+
+
+async def test_alerts_the_fast_path_leaves_to_the_model_are_buffered_alike() -> None:
+    """schemas/fast_alert.py: an unknown field, or a time past microseconds."""
+    lane_, sink, _ = lane({TENANT: {"lake": config("lake")}})
+    extra = orjson.dumps({**orjson.loads(alert(0)), "schema_version": 2})
+    nanos = orjson.dumps({**orjson.loads(alert(1)), "detected_at": "2026-11-25T03:47:01.9999999Z"})
+    lane_._take([Msg(0, extra, HOME), Msg(1, nanos, HOME)])
+    await asyncio.sleep(0.05)
+    assert sink.lines == [
+        BatchRecord.make(decode_alert(raw), "k", 0, None).line for raw in (extra, nanos)
+    ]
+    assert b"schema_version" not in sink.lines[0]
+    assert b'"detected_at":"2026-11-25T03:47:01.999999Z"' in sink.lines[1]  # truncated
 
 
 async def test_alerts_not_on_their_tenant_partition_are_left_to_the_routing_lane() -> None:
@@ -136,6 +154,17 @@ async def test_an_invalid_alert_with_a_tenant_is_this_lanes_to_dead_letter() -> 
     assert (dead.stage, dead.source_offset) == ("decode", 0)
     assert "risk_level" in dead.reason and "severe" not in dead.reason
     assert lane_.acks.position(("alerts", HOME)) == 2  # after the DLQ's flush
+
+
+async def test_a_record_with_a_tenant_but_not_json_further_in_is_this_lanes_to_dead_letter() -> (
+    None
+):
+    lane_, _, reporter = lane({})
+    lane_._take([Msg(0, alert(0)[:-1] + b',"extra":"\xff"}', HOME)])
+    await lane_._dead_letter_failed()
+    [dead] = reporter.dead  # the routing lane found its tenant (peek_tenant) and left it
+    assert (dead.stage, dead.source_offset) == ("decode", 0)
+    assert dead.reason.startswith("invalid JSON: str is not valid UTF-8")
 
 
 async def test_every_alert_on_its_tenant_partition_is_counted_once_here() -> None:

@@ -308,10 +308,13 @@ def invalid_alert(n: int) -> bytes:
 async def test_an_invalid_alert_with_a_tenant_on_its_partition_is_left_to_the_batch_lane() -> None:
     lane, outbox, reporter = routing_lane()
     missing_title = orjson.dumps({**orjson.loads(alert(1)), "title": ""})
-    lane._take([Msg(0, invalid_alert(0), HOME), Msg(1, missing_title, HOME)])
+    not_utf8 = alert(2)[:-1] + b',"extra":"\xff"}'  # its tenant is found (peek_tenant)
+    lane._take(
+        [Msg(0, invalid_alert(0), HOME), Msg(1, missing_title, HOME), Msg(2, not_utf8, HOME)]
+    )
     await lane._dead_letter_failed()
     assert outbox.sent == [] and reporter.dead == []  # validated and dead-lettered there
-    assert lane.acks.position(("alerts", HOME)) == 2
+    assert lane.acks.position(("alerts", HOME)) == 3
 
 
 async def test_records_without_a_tenant_and_misplaced_invalid_alerts_are_dead_lettered_here() -> (
@@ -331,16 +334,17 @@ async def test_records_without_a_tenant_and_misplaced_invalid_alerts_are_dead_le
     assert outbox.sent == []  # the misplaced one is not sent on to the detour
 
 
-def test_an_alert_for_batching_integrations_only_is_not_validated_here(
+def test_an_alert_for_batching_integrations_only_is_not_parsed_here(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from streams import routing_lane as module
 
     lane, outbox, _ = routing_lane({TENANT: {"lake": config("lake", "s3")}})
-    validated: list[object] = []
-    monkeypatch.setattr(module, "validate_alert", validated.append)
+    called: list[object] = []
+    for name in ("parse_alert", "validate_alert", "decode_alert"):
+        monkeypatch.setattr(module, name, called.append)
     lane._take([Msg(0, alert(0), HOME)])
-    assert validated == [] and outbox.sent == []  # only parsed: the batch lane validates
+    assert called == [] and outbox.sent == []  # only its tenant read: the batch lane validates
 
 
 async def test_a_commit_runs_beside_reading_and_commits_what_was_done_when_it_began() -> None:
