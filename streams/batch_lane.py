@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from faust.types import TableT
@@ -39,6 +39,8 @@ from streams.settings import Settings
 __all__ = ["BatchLane"]
 
 _RESULTS = ("routed", "no_match", "unknown_tenant", "invalid")
+_Target = tuple[BatchWriter, tuple[str, int, str, int], IntegrationConfig]
+_Plan = tuple[str, bool, list[_Target]]
 
 
 class BatchLane(Lane):
@@ -78,6 +80,26 @@ class BatchLane(Lane):
         # a tenant's entries, and a config's writer and model (by the config's id).
         self._entries: dict[str, Any] = {}
         self._targets: dict[int, tuple[BatchWriter, IntegrationConfig] | None] = {}
+        self._plans: dict[tuple[str, str, str, int, str, int], _Plan] = {}
+
+    def on_assigned(self, assignment: Iterable[Any]) -> None:
+        super().on_assigned(assignment)
+        self._prepare_held_types()
+
+    def _prepare_held_types(self) -> None:
+        """Load the clients of the batching types the config table holds now, before
+        any alert is read: an import at the first alert (~0.2 s for boto3) held up the
+        event loop while that alert and the ones after it waited. Types that arrive
+        later still prepare at their first alert (`_target`)."""
+        waiting = {kind for kind, writer in self.writers.items() if not writer.prepared}
+        for entries in self.table.values() if waiting else ():
+            for entry in (entries or {}).values():
+                kind = (entry.get("config") or {}).get("type")
+                if kind in waiting:
+                    waiting.discard(kind)
+                    self.writers[kind].prepare()
+            if not waiting:
+                return
 
     def _take(self, messages: list[Any]) -> None:
         if messages:
@@ -88,6 +110,7 @@ class BatchLane(Lane):
         super()._take(messages)
         self._entries.clear()
         self._targets.clear()
+        self._plans.clear()
         ready, self._ready = self._ready, {}
         for kind, batches in ready.items():
             self.writers[kind].spawn(batches)
@@ -134,33 +157,19 @@ class BatchLane(Lane):
                 self._count("invalid")
                 self._undecodable(msg, exc)
                 return
-        try:
-            entries = self._entries[tenant]
-        except KeyError:
-            entries = self._entries[tenant] = self.table.get(tenant)
-        configs, redrive = (
-            rules.select(topic, headers, entries, alert.event_type, alert.risk_level)
-            if entries
-            else ([], False)
-        )
-        if configs:
-            self._count("routed")
-        else:
-            self._count("no_match" if entries is not None else "unknown_tenant")
-        targets = []
         src_topic, src_partition, src_offset = source
-        for config in configs:
-            try:
-                target = self._targets[id(config)]
-            except KeyError:
-                target = self._targets[id(config)] = self._target(config)
-            if target is None:
-                continue
-            writer, integration = target
-            key = (integration.key, partition, src_topic, src_partition)
-            if not redrive and writer.batcher.holds(key, src_offset):
-                continue  # read again (a replay of what is written): not counted twice
-            targets.append((writer, key, integration))
+        plan_key = (tenant, alert.event_type, alert.risk_level, partition, src_topic, src_partition)
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            plan = self._plan(topic, headers, tenant, alert.event_type, alert.risk_level, plan_key)
+        result, redrive, candidates = plan
+        self._results[result] = self._results.get(result, 0) + 1
+        targets = [
+            target
+            for target in candidates
+            # read again (a replay of what is written): not counted twice
+            if redrive or not target[0].batcher.holds(target[1], src_offset)
+        ]
         handle = acks.read(tp, offset, len(targets))
         if handle is None:
             return
@@ -181,6 +190,45 @@ class BatchLane(Lane):
             counts[integration.type] = counts.get(integration.type, 0) + 1
             if pending is not None:
                 self._ready.setdefault(integration.type, []).append(pending)
+
+    def _plan(
+        self,
+        topic: str,
+        headers: Any,
+        tenant: str,
+        event_type: str,
+        risk_level: str,
+        plan_key: tuple[str, str, str, int, str, int],
+    ) -> _Plan:
+        """Where alerts of this tenant, type and level read here go: what they count as,
+        whether they are a redrive, and their writers and buffer keys. Kept for the
+        rest of the read (the same for every such alert), except on the replay topic,
+        where the record's headers may name one integration or a redrive."""
+        try:
+            entries = self._entries[tenant]
+        except KeyError:
+            entries = self._entries[tenant] = self.table.get(tenant)
+        configs, redrive = (
+            self.rules.select(topic, headers, entries, event_type, risk_level)
+            if entries
+            else ([], False)
+        )
+        result = "routed" if configs else "no_match" if entries is not None else "unknown_tenant"
+        _, _, _, partition, src_topic, src_partition = plan_key
+        targets = []
+        for config in configs:
+            try:
+                target = self._targets[id(config)]
+            except KeyError:
+                target = self._targets[id(config)] = self._target(config)
+            if target is not None:
+                writer, integration = target
+                key = (integration.key, partition, src_topic, src_partition)
+                targets.append((writer, key, integration))
+        plan = (result, redrive, targets)
+        if topic != self.rules.replay_topic:
+            self._plans[plan_key] = plan
+        return plan
 
     def _count(self, result: str) -> None:
         self._results[result] = self._results.get(result, 0) + 1

@@ -58,6 +58,10 @@ class BatchWriter:
         """Estimated bytes of the records buffered or being written."""
         return self.batcher.memory + self._writing
 
+    @property
+    def prepared(self) -> bool:
+        return self._prepared
+
     def prepare(self) -> None:
         """Once: the sink loads its client while the first batch fills."""
         if not self._prepared:

@@ -8,13 +8,14 @@ import asyncio
 from typing import Any
 
 import orjson
+from faust.types import TP as TopicPartition
 from pydantic import BaseModel
 
 from schemas.codec import decode_alert
 from schemas.models import IntegrationConfig
 from sinks.base import Batch, BatchingSink, BatchLimits, BatchRecord
 from sinks.secretbox import SecretBox, generate_key_spec
-from streams.agents.router import RouteRules, tenant_partition
+from streams.agents.router import ONLY_HEADER, SOURCE_HEADER, RouteRules, tenant_partition
 from streams.batch_lane import BatchLane
 from streams.settings import Settings
 from tests.fakes.kafka_message import Msg, alert_json, table_entry
@@ -105,6 +106,25 @@ async def test_alerts_not_on_their_tenant_partition_are_left_to_the_routing_lane
     assert lane_.acks.position(("alerts", other)) == 1
 
 
+async def test_replayed_alerts_go_where_their_own_headers_say_within_one_read() -> None:
+    lane_, _, _ = lane({TENANT: {"lake": config("lake"), "pond": config("pond")}})
+    lane_.acks.reset({("replay", HOME): 0})
+
+    def replayed(n: int, only: bytes) -> Msg:
+        origin = (SOURCE_HEADER, f"alerts/{HOME}/{n}".encode())
+        return Msg(n, alert(n), HOME, "replay", [origin, (ONLY_HEADER, only)])
+
+    lane_._take([replayed(0, b"lake"), replayed(1, b"pond")])
+    batcher = lane_.writers["s3"].batcher
+    held = {
+        (iid, n)
+        for iid in ("lake", "pond")
+        for n in range(2)
+        if batcher.holds((f"{TENANT}/{iid}", HOME, "alerts", HOME), n)
+    }
+    assert held == {("lake", 0), ("pond", 1)}
+
+
 async def test_configs_are_looked_up_once_per_read_and_again_in_the_next() -> None:
     table: dict[str, Any] = {}
     lane_, _, _ = lane(table)
@@ -128,6 +148,18 @@ async def test_the_sink_prepares_once_when_its_first_alert_is_read() -> None:
     lane_._take([Msg(1, alert(1), HOME), Msg(2, alert(2), HOME)])
     await asyncio.sleep(0)
     assert sink.prepared == 1
+
+
+def test_the_sinks_of_types_the_table_holds_prepare_when_the_lane_is_assigned() -> None:
+    home = TopicPartition(Settings().configs_by_tenant_topic, HOME)
+    table: dict[str, Any] = {"other": {"hook": config("hook", "webhook")}, "gone": {"x": {}}}
+    lane_, sink, _ = lane(table)
+    lane_.on_assigned([home])
+    assert sink.prepared == 0  # no S3 integration held
+    table[TENANT] = {"lake": config("lake")}
+    lane_.on_assigned([home])
+    lane_.on_assigned([home])
+    assert sink.prepared == 1  # once, before any alert is read
 
 
 async def test_a_bug_on_one_record_dead_letters_it_and_the_lane_goes_on() -> None:
