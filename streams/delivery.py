@@ -36,6 +36,7 @@ from streams.breaker import Breakers
 __all__ = [
     "BatchReporter",
     "BatchRunner",
+    "BatchStatuses",
     "DeliveryRunner",
     "Flight",
     "Park",
@@ -195,6 +196,25 @@ def _record_status(
     return DeliveryStatus.model_validate(values)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchStatuses:
+    """The status records of one attempt at a whole batch, one per alert: `base` with
+    each record's alert id and idempotency key (nothing else differs between them).
+
+    Iterating gives each as plain values (~0.2 µs each instead of a validated
+    `DeliveryStatus`, ~2.6 µs, and its `model_dump`, ~1.9 µs); the Kafka reporter writes
+    their JSON from `base`'s once (streams/reporter.py)."""
+
+    base: StatusValues
+    records: Sequence[BatchRecord]
+
+    def __iter__(self) -> Iterator[StatusValues]:
+        base = self.base
+        for record in self.records:
+            # Keys already in `base` keep their place: the field order stays the schema's.
+            yield {**base, "alert_id": record.alert_id, "idempotency_key": record.idempotency_key}
+
+
 def batch_status_values(
     batch: Batch,
     attempt: int,
@@ -203,18 +223,12 @@ def batch_status_values(
     http_status: int | None,
     error: str | None,
     at: float,
-) -> Iterator[StatusValues]:
-    """The status records of one attempt at a whole batch, one per alert, lazily.
-
-    Only the alert id and the idempotency key differ between them: ~0.2 µs each instead
-    of a validated `DeliveryStatus` (~2.6 µs) and its `model_dump` (~1.9 µs).
-    """
+) -> BatchStatuses:
+    """The status records of one attempt at a whole batch."""
     base = _status_values(
         batch.integration, "", "", attempt, outcome, latency, http_status, error, at
     )
-    for record in batch.records:
-        # Keys already in `base` keep their place: the field order stays the schema's.
-        yield {**base, "alert_id": record.alert_id, "idempotency_key": record.idempotency_key}
+    return BatchStatuses(base, batch.records)
 
 
 def _status(

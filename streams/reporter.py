@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+import orjson
+
 from schemas.models import DeadLetter, DeliveryStatus
 from streams.agents.health import HealthFeed
-from streams.delivery import StatusValues
+from streams.delivery import BatchStatuses, StatusValues
 from streams.wire import dumps
 
 __all__ = ["KafkaReporter"]
@@ -26,6 +28,23 @@ __all__ = ["KafkaReporter"]
 # `model_dump_json` as bytes of exactly their length (no orjson buffer to trim), in
 # ~1 µs instead of ~1.9 µs for `model_dump(mode="json")` through orjson; the same text.
 _status_json = DeliveryStatus.__pydantic_serializer__.to_json
+
+
+# Stand-ins for the two values that differ between a batch's status records.
+_ALERT_ID, _KEY = "\x00alertrelay:alert_id\x00", "\x00alertrelay:idempotency_key\x00"
+_ALERT_SLOT, _KEY_SLOT = orjson.dumps(_ALERT_ID), orjson.dumps(_KEY)
+
+
+def _spliced(base: StatusValues) -> tuple[bytes, bytes, bytes] | None:
+    """The JSON of `base` before, between and after its alert id and idempotency key,
+    or None where that cannot be split (a slot's JSON inside an error text: never in
+    practice), and the records are written one by one."""
+    text = dumps({**base, "alert_id": _ALERT_ID, "idempotency_key": _KEY})
+    if text.count(_ALERT_SLOT) != 1 or text.count(_KEY_SLOT) != 1:
+        return None
+    head, _, rest = text.partition(_ALERT_SLOT)
+    middle, found, tail = rest.partition(_KEY_SLOT)
+    return (head, middle, tail) if found else None
 
 
 class RecordTopic(Protocol):
@@ -61,6 +80,11 @@ class KafkaReporter:
 
     async def batch_statuses(self, records: Iterable[StatusValues]) -> None:
         """Status records of a batch, as `streams.delivery.batch_status_values` makes them."""
+        if isinstance(records, BatchStatuses):
+            parts = _spliced(records.base)
+            if parts is not None:
+                self._send_spliced(records, *parts)
+                return
         for values in records:
             self._send(
                 values["tenant_id"],
@@ -70,6 +94,22 @@ class KafkaReporter:
                 values["at"],
                 dumps(values),
             )
+
+    def _send_spliced(
+        self, statuses: BatchStatuses, head: bytes, middle: bytes, tail: bytes
+    ) -> None:
+        """Each record's JSON from the batch's: its two own values spliced in."""
+        base = statuses.base
+        tenant_id, integration_id = base["tenant_id"], base["integration_id"]
+        outcome, circuit, at = base["outcome"], base["circuit"], base["at"]
+        key = tenant_id.encode()
+        status, health, wants = self._status.send_soon, self._health.send_soon, self._feed.wants
+        join, text = b"".join, orjson.dumps
+        for record in statuses.records:
+            value = join((head, text(record.alert_id), middle, text(record.idempotency_key), tail))
+            status(key=key, value=value, force=True)
+            if wants(tenant_id, integration_id, outcome, circuit, at):
+                health(key=key, value=value, force=True)
 
     def _send(
         self,

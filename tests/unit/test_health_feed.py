@@ -3,16 +3,18 @@ integration's health, and folding those gives the health that folding every reco
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from typing import Any
 
 import orjson
 import pytest
 
-from schemas.models import DeliveryStatus, Outcome
+from schemas.models import DeliveryStatus, IntegrationConfig, Outcome
+from sinks.base import Batch, BatchRecord
 from streams.agents.health import REFRESH, HealthFeed, fold_status
-from streams.delivery import StatusValues
-from streams.reporter import KafkaReporter
+from streams.delivery import StatusValues, batch_status_values
+from streams.reporter import KafkaReporter, _spliced
 
 TENANT, IID = "acme", "hook"
 
@@ -223,3 +225,42 @@ async def test_batch_values_are_written_as_the_models_json() -> None:
         DeliveryStatus.model_validate(v).model_dump_json().encode() for v in values
     ]
     assert len(health.sent) == 1  # one success for the whole batch
+
+
+@pytest.mark.parametrize(
+    ("outcome", "http_status", "error"),
+    [
+        (Outcome.DELIVERED, 200, None),
+        (Outcome.RETRYING, 503, 'upstream said "busy" \u2028 \U0001f600'),
+        (Outcome.DEAD_LETTERED, None, "\x00alertrelay:alert_id\x00"),  # written one by one
+    ],
+)
+async def test_a_batch_s_records_are_spliced_into_the_models_json(
+    outcome: Outcome, http_status: int | None, error: str | None
+) -> None:
+    """streams/reporter.py writes a batch's records from one JSON text; the bytes and the
+    records forwarded to health are those of writing each record on its own."""
+    config = IntegrationConfig(integration_id="lake", tenant_id=TENANT, type="s3", name="lake")
+    records = [
+        BatchRecord(b"{}", alert_id, f"ar-{n}", n, dt.date(2026, 11, 25))
+        for n, alert_id in enumerate(["a-1", 'quote"d', "\u00e9\u2028\U0001f600", "x" * 300])
+    ]
+    batch = Batch(config, 1, "alerts", 0, 0, 3, dt.date(2026, 11, 25), records, 8)
+    statuses = batch_status_values(batch, 2, outcome, 0.8301, http_status, error, 1_732_443_823.5)
+    spliced, one_by_one = KafkaReporter(*topics()), KafkaReporter(*topics())
+    await spliced.batch_statuses(statuses)
+    await one_by_one.batch_statuses(iter(list(statuses)))
+    expected = [DeliveryStatus.model_validate(v).model_dump_json().encode() for v in statuses]
+    for reporter in (spliced, one_by_one):
+        status_topic, _, _ = reporter_topics(reporter)
+        assert [v for _k, v in status_topic.sent] == expected
+    assert reporter_topics(spliced)[2].sent == reporter_topics(one_by_one)[2].sent
+    assert (_spliced(statuses.base) is None) == (error is not None and "\x00" in error)
+
+
+def topics() -> tuple[FakeTopic, FakeTopic, FakeTopic]:
+    return FakeTopic(), FakeTopic(), FakeTopic()
+
+
+def reporter_topics(reporter: KafkaReporter) -> tuple[FakeTopic, FakeTopic, FakeTopic]:
+    return reporter._status, reporter._dlq, reporter._health  # type: ignore[return-value]
