@@ -38,6 +38,14 @@ def _load(results: Path, name: str) -> dict[str, Any]:
         return {}
 
 
+def _paired_run(run: dict[str, Any]) -> str:
+    """One paired batching run: ours ÷ the baseline's rate = ratio, peak RSS."""
+    return (
+        f"{_fmt(run.get('alerts_per_second'))}/s ÷ {_fmt(run.get('baseline_alerts_per_second'))}/s"
+        f" = {_fmt(run.get('ratio_to_baseline'), 3)}, {_fmt(run.get('peak_rss_mb'), 0)} MB"
+    )
+
+
 def _fmt(value: Any, digits: int = 0, unit: str = "") -> str:
     if value is None:
         return "n/a"
@@ -380,6 +388,13 @@ def markdown(results: Path, total_minutes: float | None, png: Path | None) -> st
         f"{_fmt(base.get('mb_per_second_uploaded'), 2)} MB/s) | "
         f"{_met(ratio >= TARGETS['ratio'] if ratio else None)} |"
     )
+    runs = batching.get("runs") or []
+    if len(runs) > 1:
+        out.append(
+            f"| batching: the {len(runs)} paired runs (the median ratio's above) | – | "
+            + "; ".join(_paired_run(r) for r in runs)
+            + " | – |"
+        )
     fps = fanout.get("steady_deliveries_per_second") or fanout.get("deliveries_per_second")
     out.append(
         f"| webhook fan-out, {_fmt(fanout.get('alerts'))} alerts over "

@@ -64,6 +64,7 @@ from common import (  # noqa: E402
 from tests.harness import TopicSet, WorkerProcess, free_port, produce  # noqa: E402
 
 SCENARIOS = ["receiver", "batching", "fanout", "latency", "memory", "scaling", "profile"]
+BATCHING_RUNS = 3  # paired runs of the batching scenario; the median one is reported
 PARTITIONS = 4
 BUCKET = "alertrelay-bench"
 AWS_KEY_ID = "AKIABENCH0000000000"
@@ -770,7 +771,32 @@ def run_baseline(b: Bench, topic: str, total: int, batch_events: int, tag: str) 
 
 
 def scenario_batching(b: Bench) -> dict[str, Any]:
-    return run_batching(b)
+    """`BATCHING_RUNS` paired runs (the worker, then the baseline on the same topic); the
+    one with the median ratio is the headline, every run is listed (`runs`). One run
+    alone moved ±20 % on this machine, the baseline's as much as ours."""
+    runs = [
+        run_batching(b, name="batching" if n == 1 else f"batching {n}/{BATCHING_RUNS}")
+        for n in range(1, BATCHING_RUNS + 1)
+    ]
+    paired = sorted((r for r in runs if r.get("ratio_to_baseline")), key=_ratio)
+    result = dict(paired[len(paired) // 2] if paired else runs[0])
+    result["runs"] = [
+        {
+            "alerts_per_second": r.get("alerts_per_second"),
+            "baseline_alerts_per_second": (r.get("baseline") or {}).get("alerts_per_second"),
+            "ratio_to_baseline": r.get("ratio_to_baseline"),
+            "peak_rss_mb": (r.get("memory") or {}).get("peak_rss_mb"),
+        }
+        for r in runs
+    ]
+    if len(paired) > 1:
+        ratios = ", ".join(f"{_ratio(r):.3f}" for r in paired)
+        say(f"  median of {len(runs)} paired runs: ratios {ratios}")
+    return result
+
+
+def _ratio(result: dict[str, Any]) -> float:
+    return float(result.get("ratio_to_baseline") or 0.0)
 
 
 # -- scenario: per-alert fan-out -------------------------------------------------------------
