@@ -181,7 +181,11 @@ _fields = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+# Derandomized: every run tries the same examples, so CI is reproducible. With
+# max_examples=20_000 and random examples both properties passed when this was written.
+@settings(
+    max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None, derandomize=True
+)
 @given(fields=_fields, base=st.booleans(), ascii=st.booleans())
 def test_generated_alerts_get_the_model_s_answer(
     fields: dict[str, Any], base: bool, ascii: bool
@@ -190,7 +194,7 @@ def test_generated_alerts_get_the_model_s_answer(
     _same_answer(json.dumps({**ALERT, **fields} if base else fields, ensure_ascii=ascii).encode())
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(at=st.integers(0, 400), cut=st.integers(0, 8), junk=st.binary(max_size=8))
 def test_damaged_records_get_the_model_s_answer(at: int, cut: int, junk: bytes) -> None:
     raw = orjson.dumps(ALERT)
