@@ -24,7 +24,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
-from confluent_kafka import TIMESTAMP_CREATE_TIME
 from pydantic import BaseModel
 
 from bench.common import balanced_tenants, make_alert
@@ -35,6 +34,7 @@ from streams.agents.router import RouteRules, tenant_partition
 from streams.batch_lane import BatchLane
 from streams.routing_lane import RoutingLane
 from streams.settings import Settings
+from tests.fakes.kafka_message import Msg, table_entry
 
 PARTITIONS = 8
 READ = 5_000
@@ -56,35 +56,6 @@ class _Lake(BatchingSink[_Empty]):
         return "ok"
 
 
-class _Msg:
-    """What the lanes call on a confluent-kafka message."""
-
-    def __init__(self, offset: int, value: bytes, partition: int) -> None:
-        self._offset, self._value, self._partition = offset, value, partition
-        self._stamp = int(time.time() * 1000)
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "alerts"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return TIMESTAMP_CREATE_TIME, self._stamp
-
-
 class _Nowhere:
     """Reporter and outbox: the lanes send nothing in this run."""
 
@@ -97,24 +68,9 @@ class _Nowhere:
     async def flush(self) -> None: ...
 
 
-def _entry(tenant: str) -> dict[str, Any]:
-    config = {
-        "integration_id": "lake",
-        "tenant_id": tenant,
-        "type": "s3",
-        "name": "lake",
-        "enabled": True,
-        "event_types": ["client_side_risk", "pci_scope_change"],
-        "min_risk_level": "low",
-        "settings": {},
-        "version": 1,
-    }
-    return {"lake": {"config": config}}
-
-
 async def main(alerts: int) -> None:
     tenants = balanced_tenants(8, PARTITIONS, "lt-")
-    table = {tenant: _entry(tenant) for tenant in tenants}
+    table = {tenant: {"lake": table_entry("lake", tenant, "s3")} for tenant in tenants}
     rng = random.Random(1)
     offsets = dict.fromkeys(range(PARTITIONS), 0)
     messages = []
@@ -122,7 +78,7 @@ async def main(alerts: int) -> None:
         tenant = tenants[n % len(tenants)]
         partition = tenant_partition(tenant, PARTITIONS)
         value = orjson.dumps(make_alert(n, tenant, "lt", rng))
-        messages.append(_Msg(offsets[partition], value, partition))
+        messages.append(Msg(offsets[partition], value, partition))
         offsets[partition] += 1
     rules, nowhere, settings = RouteRules(PARTITIONS, "detour", "replay"), _Nowhere(), Settings()
     box = SecretBox.parse(generate_key_spec())

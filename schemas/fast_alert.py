@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from schemas.codec import MAX_ALERT_BYTES, parse_alert, tenant_of
+from schemas.codec import MAX_ALERT_BYTES, DecodeError, _header, parse_alert, tenant_of
 from schemas.models import MAX_TENANT_CHARS, MAX_TEXT, EventType, RiskLevel
 
 __all__ = ["FastAlert", "fast_alert", "fast_line", "peek_tenant"]
@@ -84,12 +84,7 @@ def _json_body(raw: bytes | None, headers: Headers) -> bool:
     """True if `parse_alert` would read the record as JSON (no Avro, within the limits)."""
     if not raw or len(raw) > MAX_ALERT_BYTES or raw[0] == 0:
         return False
-    if headers:
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        for key, _ in items:
-            if key.lower() == "content-type":
-                return False  # rare: let parse_alert read the header
-    return True
+    return not _header(headers, "content-type")  # rare: let parse_alert read it
 
 
 def fast_alert(raw: bytes | None, headers: Headers = None) -> FastAlert | None:
@@ -116,10 +111,7 @@ def peek_tenant(raw: bytes | None, headers: Headers = None) -> str:
     still be invalid JSON further in (the batch lane's to dead-letter)."""
     if _json_body(raw, headers):
         try:
-            tenant = _decode_tenant(raw).tenant_id  # type: ignore[arg-type]
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            pass
-        else:
-            if isinstance(tenant, str) and 1 <= len(tenant) <= MAX_TENANT_CHARS:
-                return tenant
+            return tenant_of({"tenant_id": _decode_tenant(raw).tenant_id})  # type: ignore[arg-type]
+        except (msgspec.DecodeError, UnicodeDecodeError, DecodeError):
+            pass  # the reason is the whole record's: the model's path says it
     return tenant_of(parse_alert(raw, headers))

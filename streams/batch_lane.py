@@ -163,7 +163,7 @@ class BatchLane(Lane):
         if plan is None:
             plan = self._plan(topic, headers, tenant, alert.event_type, alert.risk_level, plan_key)
         result, redrive, candidates = plan
-        self._results[result] = self._results.get(result, 0) + 1
+        self._count(result)
         targets = [
             target
             for target in candidates
